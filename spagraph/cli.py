@@ -43,6 +43,42 @@ def info(path: Path = typer.Argument(..., help="her2st root, Space Ranger outs/,
     typer.echo(describe_slice(adata))
 
 
+@app.command()
+def run(config: Path = typer.Argument(..., help="experiment YAML (see experiments/)"),
+        out: Optional[Path] = typer.Option(None, "--out", help="output directory (default: the YAML's 'out', else runs/<name>)"),
+        set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key: --set train.lr=3e-4 (repeatable)"),
+        resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in OUT"),
+        progress: bool = typer.Option(True, "--progress/--no-progress")):
+    """Run an experiment (all folds x seeds) and write predictions, metrics and maps."""
+    import os
+    from rich.console import Console
+    from spagraph.experiment.config import ConfigError, load_config
+    try:
+        cfg = load_config(config, set_)
+    except ConfigError as e:
+        _fail(str(e))
+    out_dir = Path(out or cfg.out or Path("runs") / cfg.name)
+    if cfg.track.mode != "disabled":
+        os.environ.setdefault("WANDB_MODE", "offline")
+    from spagraph.experiment.runner import run_experiment
+    from spagraph.experiment.progress import summary_table
+    from spagraph.experiment.tracking import make_tracker
+    tracker = make_tracker(cfg.track, cfg.to_dict(), out_dir, name=cfg.name, job_type="run")
+    try:
+        metrics = run_experiment(cfg, out_dir, resume=resume, progress=progress, tracker=tracker,
+                                 base_dir=config.resolve().parent)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    finally:
+        tracker.finish()
+    con = Console()
+    con.print(summary_table(metrics))
+    con.print(f"wall time {metrics['wall_time_s']:.1f} s")
+    con.print(f"metrics:     {out_dir / 'metrics.json'}")
+    con.print(f"predictions: {out_dir / 'predictions.csv'}")
+    con.print(f"maps:        {out_dir / 'maps'}/")
+
+
 def main() -> None:  # console-script entry point
     app()
 

@@ -1,0 +1,299 @@
+"""Experiment YAML schema, validated once at load (pydantic).
+
+A YAML may ``extends:`` another (path relative to itself) and override any key; the command
+line overrides with ``--set a.b=value``. Unknown keys and wrong types are errors naming the
+key and the file:line it came from.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file and line when known."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SliceSource(_Strict):
+    """One source of slices.
+
+    reader: ``her2st`` (root + names), ``spaceranger`` (path = outs/, optional annotation CSV),
+    ``h5ad`` (path), ``synthetic`` (generated: n_slices x n_spots, seed, optional batch effect).
+    ``group`` tags slices for the transfer protocol (source / target).
+    """
+    reader: Literal["her2st", "spaceranger", "h5ad", "synthetic"]
+    root: Optional[str] = None
+    names: Optional[list[str]] = None
+    path: Optional[str] = None
+    name: Optional[str] = None
+    annotation: Optional[str] = None
+    n_slices: int = Field(4, ge=1)
+    n_spots: int = Field(600, ge=2)
+    seed: int = 0
+    grid: Literal["hex", "square"] = "hex"
+    with_image: bool = True
+    batch_effect: Optional[dict[str, float]] = None
+    group: str = "default"
+
+    @model_validator(mode="after")
+    def _needs(self):
+        if self.reader == "her2st" and (not self.root or not self.names):
+            raise ValueError("reader 'her2st' needs 'root' (directory) and 'names' (list of slice names)")
+        if self.reader in ("spaceranger", "h5ad") and not self.path:
+            raise ValueError(f"reader '{self.reader}' needs 'path'")
+        return self
+
+
+class DataConfig(_Strict):
+    sources: list[SliceSource]
+    label_key: str = "cancer"
+    train: Optional[list[str]] = None      # protocol 'fixed'
+    validate_: Optional[list[str]] = Field(None, alias="validate")
+    test: Optional[list[str]] = None
+    source_group: Optional[str] = None     # protocol 'transfer'
+    target_group: Optional[str] = None
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class EmbedConfig(_Strict):
+    image_encoder: Optional[str] = "handcrafted"
+    gene_encoder: str = "pca"
+    settings: dict[str, Any] = Field(default_factory=dict)
+    cache_dir: Optional[str] = None
+
+
+class GraphConfig(_Strict):
+    scales: list[float] = Field(default_factory=lambda: [1.0, 2.0, 3.0])
+    n_dir_bins: int = Field(8, ge=1, le=64)
+    shells: bool = False
+
+    @field_validator("scales")
+    @classmethod
+    def _pos(cls, v):
+        if not v or any(s <= 0 for s in v):
+            raise ValueError("scales must be a non-empty list of positive numbers (spot pitches)")
+        return sorted(v)
+
+
+class ModelConfig(_Strict):
+    hidden: int = Field(64, ge=4)
+    heads: int = Field(4, ge=1)
+    layers: int = Field(1, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    input_dropout: float = Field(0.1, ge=0, lt=1)
+    n_modes: int = Field(2, ge=1)
+    msfa: bool = True
+    cross_attention: bool = True
+    contrastive_weight: float = Field(0.1, ge=0)
+    temperature: float = Field(0.1, gt=0)
+    modality_dropout: float = Field(0.2, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _heads(self):
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(60, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    patience: int = Field(15, ge=1)
+    min_epochs: int = Field(5, ge=1)
+    focal_gamma: float = Field(0.0, ge=0)
+    class_weight: bool = True
+    batch_mode: Literal["auto", "full", "tiles"] = "auto"
+    max_full_nodes: int = Field(50_000, ge=1)
+    tile_size: float = Field(40.0, gt=0)
+    device: str = "auto"
+    seeds: list[int] = Field(default_factory=lambda: [0])
+
+
+class ProtocolConfig(_Strict):
+    kind: Literal["loso", "transfer", "fixed"] = "loso"
+    n_val: int = Field(1, ge=1)   # whole slices held out of training for validation
+
+
+class ThresholdConfig(_Strict):
+    method: Literal["quantile_beta", "quantile_empirical", "val_f1", "fixed"] = "quantile_beta"
+    fixed: float = Field(0.5, ge=0, le=1)
+
+
+class TrackConfig(_Strict):
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "spagraph"
+    group: Optional[str] = None
+    dir: Optional[str] = None
+
+
+class SearchParam(_Strict):
+    type: Literal["float", "int", "categorical"]
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    choices: Optional[list[Any]] = None
+
+
+class ExperimentConfig(_Strict):
+    name: str = "experiment"
+    model_type: Literal["spagraph", "baseline"] = "spagraph"
+    baseline: Optional[dict[str, Any]] = None
+    data: DataConfig
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    graph: GraphConfig = Field(default_factory=GraphConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
+    threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
+    track: TrackConfig = Field(default_factory=TrackConfig)
+    out: Optional[str] = None
+    search: dict[str, SearchParam] = Field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def config_hash(self) -> str:
+        d = self.to_dict()
+        d.pop("out", None); d.pop("track", None); d.pop("search", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------- loading with line numbers
+
+def _compose(path: Path) -> tuple[Any, dict[tuple, str]]:
+    """Parse YAML, returning the data and a map key-path -> 'file:line'."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"experiment file not found: {path}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    lines: dict[tuple, str] = {}
+
+    def walk(n, prefix):
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                key = prefix + (k.value,)
+                lines[key] = f"{path}:{k.start_mark.line + 1}"
+                walk(v, key)
+        elif isinstance(n, yaml.SequenceNode):
+            for i, v in enumerate(n.value):
+                key = prefix + (i,)
+                lines[key] = f"{path}:{v.start_mark.line + 1}"
+                walk(v, key)
+    if node is not None:
+        walk(node, ())
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (data, model, train, ...)")
+    return data, lines
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _load_raw(path: Path, seen: tuple = ()) -> tuple[dict, dict]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: 'extends' cycle: {' -> '.join(map(str, seen + (path,)))}")
+    data, lines = _compose(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data, lines
+    if not isinstance(parent, str):
+        raise ConfigError(f"{lines.get(('extends',), path)}: 'extends' must be a path to another YAML")
+    ppath = (path.parent / parent)
+    base, blines = _load_raw(ppath, seen + (path,))
+    blines.update(lines)
+    return _merge(base, data), blines
+
+
+def parse_set(assignments: list[str] | None) -> list[tuple[list[str], Any]]:
+    """Parse ``--set a.b=value`` strings (values parsed as YAML scalars/lists)."""
+    out = []
+    for a in assignments or []:
+        if "=" not in a:
+            raise ConfigError(f"--set {a!r}: expected KEY=VALUE, e.g. --set train.lr=3e-4")
+        k, v = a.split("=", 1)
+        keys = [p for p in k.strip().split(".") if p]
+        if not keys:
+            raise ConfigError(f"--set {a!r}: empty key")
+        try:
+            val = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {a!r}: value is not valid YAML: {e}") from None
+        out.append((keys, val))
+    return out
+
+
+def _apply_set(data: dict, sets, lines) -> dict:
+    for keys, val in sets:
+        d = data
+        for k in keys[:-1]:
+            if k not in d or not isinstance(d[k], dict):
+                d[k] = {} if k not in d else d[k]
+                if not isinstance(d[k], dict):
+                    raise ConfigError(f"--set {'.'.join(keys)}: '{k}' is not a section")
+            d = d[k]
+        d[keys[-1]] = val
+        lines[tuple(keys)] = f"--set {'.'.join(keys)}"
+    return data
+
+
+def _describe(err: ValidationError, lines: dict) -> str:
+    msgs = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        where = None
+        for i in range(len(loc), 0, -1):
+            if loc[:i] in lines:
+                where = lines[loc[:i]]
+                break
+        key = ".".join(map(str, loc)) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown key '{key}'"
+        else:
+            msg = f"'{key}': {e['msg']}" + (f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e.get("input"), dict) else "")
+        msgs.append(f"{where}: {msg}" if where else msg)
+    return "invalid experiment config:\n  " + "\n  ".join(msgs)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load, merge (``extends``), override (``--set``) and validate an experiment YAML."""
+    data, lines = _load_raw(Path(path))
+    data = _apply_set(data, parse_set(overrides), lines)
+    return validate_config(data, lines)
+
+
+def validate_config(data: dict, lines: dict | None = None) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, lines or {})) from None
+
+
+def dump_config(cfg: ExperimentConfig, path: Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from spagraph.utils import atomic_write_text
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,89 @@
+"""Turn the ``data`` section of an experiment into named slices and protocol folds."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from spagraph.experiment.config import DataConfig, ExperimentConfig, SliceSource
+
+
+def resolve_path(p: str, base: Path | None = None) -> Path:
+    """A path from a YAML: absolute, else relative to the working directory, else to ``base``."""
+    path = Path(p).expanduser()
+    if path.is_absolute() or path.exists() or base is None:
+        return path
+    alt = base / path
+    return alt if alt.exists() else path
+
+
+def load_source(src: SliceSource, base: Path | None = None) -> dict:
+    """Read (or generate) the slices of one source: name -> AnnData."""
+    import spagraph.io as sio
+    if src.reader == "her2st":
+        root = resolve_path(src.root, base)
+        return {n: sio.read_her2st(root, n) for n in src.names}
+    if src.reader == "spaceranger":
+        a = sio.read_spaceranger(resolve_path(src.path, base),
+                                 annotation_csv=resolve_path(src.annotation, base) if src.annotation else None)
+        return {src.name or Path(src.path).name: a}
+    if src.reader == "h5ad":
+        p = resolve_path(src.path, base)
+        return {src.name or p.stem: sio.read_h5ad(p)}
+    from spagraph.io.synthetic import make_synthetic_dataset
+    return make_synthetic_dataset(src.n_slices, seed=src.seed, n_spots=src.n_spots, grid=src.grid,
+                                  with_image=src.with_image, batch_effect=src.batch_effect,
+                                  prefix=f"{src.group}_" if src.group != "default" else "syn")
+
+
+def load_slices(data: DataConfig, base: Path | None = None) -> tuple[dict, dict[str, str]]:
+    """All slices of an experiment (name -> AnnData) and their groups (name -> group)."""
+    slices, groups = {}, {}
+    for src in data.sources:
+        for name, a in load_source(src, base).items():
+            if name in slices:
+                raise ValueError(f"slice name {name!r} appears twice in data.sources; give sources distinct names")
+            slices[name], groups[name] = a, src.group
+    return slices, groups
+
+
+@dataclass
+class Fold:
+    name: str
+    train: list[str]
+    val: list[str]
+    test: list[str]
+
+
+def plan_folds(cfg: ExperimentConfig, names: list[str], groups: dict[str, str]) -> list[Fold]:
+    """Folds of the configured protocol. Validation is always whole slices."""
+    kind, n_val, d = cfg.protocol.kind, cfg.protocol.n_val, cfg.data
+    if kind == "loso":
+        if len(names) < 3:
+            raise ValueError(f"leave-one-slice-out needs at least 3 slices (train, validation, test); got {len(names)}")
+        folds = []
+        for i, t in enumerate(names):
+            rest = names[i + 1:] + names[:i]          # cyclic order after the test slice
+            val = rest[:min(n_val, len(rest) - 1)]
+            folds.append(Fold(t, [r for r in rest if r not in val], val, [t]))
+        return folds
+    if kind == "fixed":
+        for key, lst in (("train", d.train), ("test", d.test)):
+            if not lst:
+                raise ValueError(f"protocol 'fixed' needs data.{key}")
+        used = (d.train or []) + (d.validate_ or []) + (d.test or [])
+        missing = [n for n in used if n not in names]
+        if missing:
+            raise ValueError(f"data.train/validate/test name unknown slices {missing}; known: {names}")
+        overlap = set(d.test) & (set(d.train) | set(d.validate_ or []))
+        if overlap:
+            raise ValueError(f"slices {sorted(overlap)} are both test and train/validation")
+        return [Fold("fixed", list(d.train), list(d.validate_ or []), list(d.test))]
+    # transfer
+    src = [n for n in names if groups[n] == d.source_group]
+    tgt = [n for n in names if groups[n] == d.target_group]
+    if not src or not tgt:
+        raise ValueError(f"protocol 'transfer' needs data.source_group and data.target_group naming source groups; "
+                         f"got source={d.source_group!r} ({len(src)} slices), target={d.target_group!r} ({len(tgt)} slices); "
+                         f"groups present: {sorted(set(groups.values()))}")
+    val = src[-min(n_val, len(src) - 1):] if len(src) > 1 else []
+    return [Fold(f"{d.source_group}->{d.target_group}", [s for s in src if s not in val], val, tgt)]

@@ -1,0 +1,64 @@
+"""Rich progress for runs (fold x seed) and epochs, and the closing summary table."""
+from __future__ import annotations
+
+import numpy as np
+
+
+class RunProgress:
+    def __init__(self, enabled: bool, n_runs: int, epochs: int):
+        self.enabled = enabled
+        self.n_runs, self.epochs = n_runs, epochs
+        self._p = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                               TimeElapsedColumn(), TextColumn("{task.fields[info]}"), transient=False)
+            self._p.__enter__()
+            self._runs = self._p.add_task("runs", total=self.n_runs, info="")
+            self._ep = self._p.add_task("epochs", total=self.epochs, info="")
+        return self
+
+    def __exit__(self, *exc):
+        if self._p is not None:
+            self._p.__exit__(*exc)
+
+    def start_run(self, name: str) -> None:
+        if self._p:
+            self._p.update(self._ep, completed=0, description=name, info="")
+
+    def epoch(self, epoch: int, rec: dict) -> None:
+        if self._p:
+            auc = rec.get("val_auc")
+            self._p.update(self._ep, completed=epoch + 1,
+                           info=f"loss {rec['loss']:.3f}" + (f"  val AUC {auc:.3f}" if auc is not None else ""))
+
+    def end_run(self, rows: list[dict]) -> None:
+        if self._p:
+            aucs = [r["auc"] for r in rows if r.get("auc") is not None]
+            self._p.update(self._runs, advance=1, info=f"last test AUC {np.mean(aucs):.3f}" if aucs else "")
+
+    def advance_run(self, name: str) -> None:
+        if self._p:
+            self._p.update(self._runs, advance=1, info=name)
+
+
+def summary_table(metrics: dict):
+    """A rich Table: per-slice AUC / AP / F1 (mean over seeds) and the overall mean ± std."""
+    from rich.table import Table
+    import pandas as pd
+    rows = pd.DataFrame(metrics["per_slice"])
+    t = Table(title=f"{metrics.get('experiment', '')} — protocol {metrics['protocol']}, "
+                    f"undetermined {metrics['undetermined']}, threshold {metrics.get('threshold_method')}")
+    for c in ("slice", "seeds", "n", "AUC", "AP", "F1", "F1@val-thr"):
+        t.add_column(c, justify="right" if c != "slice" else "left")
+    fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
+    for s, df in rows.groupby("slice", sort=False):
+        m = lambda k: df[k].astype(float).mean() if k in df and df[k].notna().any() else None
+        t.add_row(str(s), str(len(df)), str(int(df["n"].iloc[0])), fmt(m("auc")), fmt(m("ap")), fmt(m("f1")),
+                  fmt(m("f1_val_threshold")))
+    mean, std = metrics["mean"], metrics["std"]
+    pm = lambda k: "n/a" if mean.get(k) is None else f"{mean[k]:.3f} ± {std[k]:.3f}"
+    t.add_row("mean ± std", "", "", pm("auc"), pm("ap"), pm("f1"), pm("f1_val_threshold"), style="bold")
+    return t

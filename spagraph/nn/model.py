@@ -1,0 +1,91 @@
+"""SpaGraphNet: MSFA token streams per modality, cross-modal fusion, classification head."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Data
+
+from spagraph.nn.fusion import CrossModalFusion
+from spagraph.nn.msfa import MSFAConv
+
+
+@dataclass
+class ModelSettings:
+    hidden: int = 64
+    heads: int = 4
+    layers: int = 1            # transformer layers per modality
+    dropout: float = 0.2
+    n_modes: int = 2           # MSFA direction modes
+    msfa: bool = True          # False: self token only (ablation "no MSFA")
+    cross_attention: bool = True  # False: concat fusion (ablation)
+    contrastive_weight: float = 0.1
+    temperature: float = 0.1
+    modality_dropout: float = 0.2
+    input_dropout: float = 0.1
+
+
+class _Stream(nn.Module):
+    """One modality: input projection + one MSFA token per scale -> (N, 1 + S, H)."""
+
+    def __init__(self, d_in: int, s: ModelSettings, n_scales: int, n_bins: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Dropout(s.input_dropout), nn.Linear(d_in, s.hidden), nn.LayerNorm(s.hidden),
+                                  nn.GELU(), nn.Dropout(s.dropout))
+        self.convs = nn.ModuleList([MSFAConv(s.hidden, s.hidden, n_bins, s.n_modes) for _ in range(n_scales)]
+                                   if s.msfa else [])
+        self.scale_emb = nn.Parameter(torch.zeros(1 + len(self.convs), s.hidden))
+        self.act = nn.GELU()
+
+    def forward(self, x: Tensor, data: Data) -> Tensor:
+        h = self.proj(x)
+        toks = [h] + [self.act(conv(h, data[f"edge_index_{k}"], data[f"edge_dir_{k}"]))
+                      for k, conv in enumerate(self.convs)]
+        return torch.stack(toks, dim=1) + self.scale_emb
+
+
+class SpaGraphNet(nn.Module):
+    """Spot classifier on a slice graph.
+
+    Parameters
+    ----------
+    d_img, d_gene : embedding sizes (0 = modality absent from the whole experiment).
+    n_scales, n_bins : as in the graph (``data.num_scales``, ``data.n_dir_bins``).
+
+    ``forward(data)`` returns a dict with ``logit`` (N,), ``z_img`` / ``z_gene`` (N, H) pooled
+    per-modality vectors before cross-attention (for the contrastive term), and ``m_img`` /
+    ``m_gene`` (N,) the modality masks actually used.
+    """
+
+    def __init__(self, d_img: int, d_gene: int, n_scales: int, n_bins: int, settings: ModelSettings | None = None):
+        super().__init__()
+        s = self.settings = settings or ModelSettings()
+        if d_img <= 0 and d_gene <= 0:
+            raise ValueError("the model needs at least one modality (image or gene embeddings)")
+        self.d_img, self.d_gene = d_img, d_gene
+        self.img = _Stream(d_img, s, n_scales, n_bins) if d_img > 0 else None
+        self.gene = _Stream(d_gene, s, n_scales, n_bins) if d_gene > 0 else None
+        self.fusion = CrossModalFusion(s.hidden, s.heads, s.layers, s.dropout, cross=s.cross_attention)
+        self.head = nn.Sequential(nn.Linear(2 * s.hidden + 2, s.hidden), nn.GELU(), nn.Dropout(s.dropout),
+                                  nn.Linear(s.hidden, 1))
+
+    def forward(self, data: Data, modality_dropout: float = 0.0) -> dict[str, Tensor]:
+        n = data.num_nodes
+        dev = self.head[0].weight.device
+        m_img = (data.has_img.float() if self.img is not None else torch.zeros(n)).to(dev)
+        m_gene = (data.has_gene.float() if self.gene is not None else torch.zeros(n)).to(dev)
+        if self.training and modality_dropout > 0:
+            both = (m_img * m_gene) > 0
+            drop = (torch.rand(n, device=dev) < modality_dropout) & both
+            which = torch.rand(n, device=dev) < 0.5
+            m_img = torch.where(drop & which, torch.zeros_like(m_img), m_img)
+            m_gene = torch.where(drop & ~which, torch.zeros_like(m_gene), m_gene)
+        H = self.settings.hidden
+        t = 1 + (len(self.img.convs) if self.img is not None else len(self.gene.convs))
+        zeros = torch.zeros(n, t, H, device=dev)
+        img_tok = self.img(data.x_img, data) * m_img[:, None, None] if self.img is not None else zeros
+        gene_tok = self.gene(data.x_gene, data) * m_gene[:, None, None] if self.gene is not None else zeros
+        fused, z_img, z_gene = self.fusion(img_tok, gene_tok, m_img, m_gene)
+        logit = self.head(torch.cat([fused, m_img[:, None], m_gene[:, None]], dim=1)).squeeze(1)
+        return {"logit": logit, "z_img": z_img, "z_gene": z_gene, "m_img": m_img, "m_gene": m_gene}

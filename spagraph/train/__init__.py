@@ -1,0 +1,1 @@
+"""Training: fit/predict loops, spatial tiles, thresholds, metrics, protocols."""

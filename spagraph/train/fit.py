@@ -1,0 +1,188 @@
+"""Fit and predict loops: full-graph for ordinary slices, spatial tiles beyond."""
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch_geometric.data import Data
+
+from spagraph.nn.losses import info_nce, weighted_bce
+from spagraph.nn.model import ModelSettings, SpaGraphNet
+from spagraph.train.metrics import binary_metrics
+from spagraph.train.tiles import iter_tiles
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 60
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    patience: int = 15            # early stopping on validation AUC (epochs without gain)
+    min_epochs: int = 5
+    focal_gamma: float = 0.0      # > 0: focal loss
+    class_weight: bool = True     # pos_weight = n_neg / n_pos of the training spots
+    batch_mode: str = "auto"      # "full" | "tiles" | "auto" (tiles above max_full_nodes)
+    max_full_nodes: int = 50_000
+    tile_size: float = 40.0       # in spot pitches
+    max_contrastive_spots: int = 1024
+    device: str = "auto"          # "cpu" | "cuda" | "auto"
+    grad_clip: float = 1.0
+
+
+@dataclass
+class FitResult:
+    model: SpaGraphNet
+    best_epoch: int
+    best_val_auc: float | None
+    history: list[dict] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _use_tiles(data: Data, s: TrainSettings) -> bool:
+    return s.batch_mode == "tiles" or (s.batch_mode == "auto" and data.num_nodes > s.max_full_nodes)
+
+
+def _batches(data: Data, s: TrainSettings, rng: np.random.Generator | None = None):
+    """Yield (graph, loss_mask) pieces of a slice: the whole graph, or tiles (interior only)."""
+    if _use_tiles(data, s):
+        for sub, _ in iter_tiles(data, s.tile_size, shuffle=rng is not None, generator=rng):
+            yield sub, sub.interior
+    else:
+        yield data, torch.ones(data.num_nodes, dtype=torch.bool)
+
+
+def _to(data: Data, device: torch.device) -> Data:
+    return data if device.type == "cpu" else data.to(device)
+
+
+def _loss(model: SpaGraphNet, out: dict, y: torch.Tensor, mask: torch.Tensor, pos_weight: float,
+          s: TrainSettings, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+    lab = mask & ~torch.isnan(y)
+    cls = weighted_bce(out["logit"][lab], y[lab], pos_weight, s.focal_gamma) if lab.any() else out["logit"].sum() * 0
+    total, parts = cls, {"bce": float(cls.detach())}
+    w = model.settings.contrastive_weight
+    both = mask & (out["m_img"] > 0) & (out["m_gene"] > 0)
+    if w > 0 and model.img is not None and model.gene is not None and both.sum() > 1:
+        idx = torch.nonzero(both).squeeze(1)
+        if len(idx) > s.max_contrastive_spots:
+            idx = idx[torch.randperm(len(idx), generator=gen)[: s.max_contrastive_spots].to(idx.device)]
+        nce = info_nce(out["z_img"][idx], out["z_gene"][idx], model.settings.temperature)
+        total = total + w * nce
+        parts["nce"] = float(nce.detach())
+    return total, parts
+
+
+@torch.no_grad()
+def predict_scores(model: SpaGraphNet, data: Data, s: TrainSettings | None = None) -> np.ndarray:
+    """Cancer probability of every spot of a slice, (n,) float in [0, 1]."""
+    s = s or TrainSettings()
+    model.eval()
+    dev = next(model.parameters()).device
+    if not _use_tiles(data, s):
+        return torch.sigmoid(model(_to(data, dev))["logit"]).cpu().numpy().astype(np.float64)
+    out = np.zeros(data.num_nodes)
+    for sub, interior in iter_tiles(data, s.tile_size):
+        p = torch.sigmoid(model(_to(sub, dev))["logit"]).cpu().numpy()
+        out[interior.numpy()] = p[: len(interior)]
+    return out
+
+
+def validation_auc(model: SpaGraphNet, graphs: list[Data], s: TrainSettings) -> float | None:
+    """Mean per-slice AUC over validation slices (slices where AUC is undefined are skipped)."""
+    aucs = []
+    for g in graphs:
+        m = g.label_mask.numpy()
+        if m.sum() == 0:
+            continue
+        r = binary_metrics(g.y.numpy()[m], predict_scores(model, g, s)[m], 0.5)
+        if r["auc"] is not None:
+            aucs.append(r["auc"])
+    return float(np.mean(aucs)) if aucs else None
+
+
+def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: TrainSettings, seed: int,
+        on_epoch: Callable[[int, dict], None] | None = None, progress=None,
+        init_state: dict | None = None) -> FitResult:
+    """Train a SpaGraphNet on ``train`` slices, early-stopping on ``val`` slices' AUC.
+
+    Only ``train`` labels enter the loss; only ``val`` labels choose the epoch. ``on_epoch``
+    receives (epoch, record) after each epoch (for tracking / pruning; it may raise to stop).
+    Returns the model at its best validation epoch (the last epoch when no validation).
+    """
+    if not train:
+        raise ValueError("no training slices")
+    seed_everything(seed)
+    dev = resolve_device(s.device)
+    g0 = train[0]
+    model = SpaGraphNet(g0.x_img.shape[1], g0.x_gene.shape[1], g0.num_scales, g0.n_dir_bins, model_settings).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    ys = torch.cat([g.y[g.label_mask] for g in train])
+    n_pos, n_neg = float((ys == 1).sum()), float((ys == 0).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"training slices hold a single class ({int(n_pos)} cancer, {int(n_neg)} non-cancer spots): "
+                         "cannot train a classifier")
+    pos_weight = n_neg / n_pos if s.class_weight else 1.0
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    best_state, best_auc, best_epoch, bad, history = None, -np.inf, -1, 0, []
+    start_epoch = 0
+    if init_state is not None:  # resume within a fold
+        model.load_state_dict(init_state["model"]); opt.load_state_dict(init_state["opt"])
+        best_state, best_auc, best_epoch = init_state["best_state"], init_state["best_auc"], init_state["best_epoch"]
+        bad, history, start_epoch = init_state["bad"], init_state["history"], init_state["epoch"] + 1
+        rng.bit_generator.state = init_state["rng"]; gen.set_state(init_state["gen"])
+        torch.set_rng_state(init_state["torch_rng"])
+    for epoch in range(start_epoch, s.epochs):
+        model.train()
+        losses = []
+        for gi in rng.permutation(len(train)):
+            for piece, mask in _batches(train[gi], s, rng):
+                piece = _to(piece, dev)
+                out = model(piece, model_settings.modality_dropout)
+                loss, parts = _loss(model, out, piece.y, mask.to(dev), pos_weight, s, gen)
+                opt.zero_grad(); loss.backward()
+                if s.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+                opt.step()
+                losses.append(parts)
+        rec = {"epoch": epoch, "loss": float(np.mean([p["bce"] + model_settings.contrastive_weight * p.get("nce", 0)
+                                                        for p in losses]))}
+        if any("nce" in p for p in losses):
+            rec["nce"] = float(np.mean([p["nce"] for p in losses if "nce" in p]))
+        auc = validation_auc(model, val, s) if val else None
+        rec["val_auc"] = auc
+        history.append(rec)
+        improved = auc is not None and auc > best_auc + 1e-6
+        if improved or (auc is None and not val):
+            best_auc = auc if auc is not None else best_auc
+            best_state, best_epoch, bad = copy.deepcopy(model.state_dict()), epoch, 0
+        else:
+            bad += 1
+        if progress is not None:
+            progress(epoch, rec)
+        if on_epoch is not None:
+            on_epoch(epoch, rec, lambda: {"model": model.state_dict(), "opt": opt.state_dict(), "best_state": best_state,
+                                          "best_auc": best_auc, "best_epoch": best_epoch, "bad": bad,
+                                          "history": history, "epoch": epoch, "rng": rng.bit_generator.state,
+                                          "gen": gen.get_state(), "torch_rng": torch.get_rng_state()})
+        if val and bad >= s.patience and epoch + 1 >= s.min_epochs:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return FitResult(model=model, best_epoch=best_epoch,
+                     best_val_auc=None if best_auc == -np.inf else float(best_auc), history=history)

@@ -1,0 +1,74 @@
+"""Per-slice classification metrics with explicit handling of undefined cases."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+
+def binary_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict:
+    """AUC, AP, F1, accuracy, sensitivity, specificity of one slice.
+
+    Parameters
+    ----------
+    y : (n,) 0/1 labels (undetermined already removed). score : (n,) in [0, 1].
+
+    Returns
+    -------
+    dict; a metric that is undefined on this slice (one class only, or all scores
+    equal for AUC) is ``None`` and the reason is listed under ``"undefined"`` —
+    never silently 0.5.
+    """
+    y = np.asarray(y, dtype=int)
+    score = np.asarray(score, dtype=float)
+    pred = (score >= threshold).astype(int)
+    out: dict = {"n": int(len(y)), "n_pos": int(y.sum()), "threshold": float(threshold), "undefined": []}
+    tp = int(((pred == 1) & (y == 1)).sum()); fp = int(((pred == 1) & (y == 0)).sum())
+    fn = int(((pred == 0) & (y == 1)).sum()); tn = int(((pred == 0) & (y == 0)).sum())
+    one_class = len(np.unique(y)) < 2
+    if one_class:
+        out["auc"] = out["ap"] = None
+        out["undefined"].append("one class in labels: AUC/AP undefined")
+    else:
+        out["auc"] = float(roc_auc_score(y, score))
+        out["ap"] = float(average_precision_score(y, score))
+    if np.ptp(score) == 0 if len(score) else True:
+        out["undefined"].append("collapsed: all scores equal")
+    out["f1"] = float(2 * tp / (2 * tp + fp + fn)) if (2 * tp + fp + fn) > 0 else None
+    out["accuracy"] = float((tp + tn) / max(len(y), 1))
+    out["sensitivity"] = float(tp / (tp + fn)) if (tp + fn) > 0 else None
+    out["specificity"] = float(tn / (tn + fp)) if (tn + fp) > 0 else None
+    return out
+
+
+def mean_std(rows: list[dict], keys=("auc", "ap", "f1", "f1_val_threshold")) -> tuple[dict, dict, dict]:
+    """Mean and std over rows, skipping undefined (None/NaN) values; also the count used."""
+    mean, std, count = {}, {}, {}
+    for k in keys:
+        v = np.array([r[k] for r in rows if r.get(k) is not None and not math.isnan(r[k])], dtype=float)
+        count[k] = int(len(v))
+        mean[k] = float(v.mean()) if len(v) else None
+        std[k] = float(v.std(ddof=0)) if len(v) else None
+    return mean, std, count
+
+
+def best_f1_threshold(y: np.ndarray, score: np.ndarray) -> float:
+    """Threshold maximising F1 on labelled scores (ties: the lowest such threshold).
+
+    Returns 0.5 when ``y`` has no positive.
+    """
+    y = np.asarray(y, dtype=int)
+    score = np.asarray(score, dtype=float)
+    if y.sum() == 0 or len(y) == 0:
+        return 0.5
+    order = np.argsort(-score, kind="stable")
+    s, yy = score[order], y[order]
+    tp = np.cumsum(yy); fp = np.cumsum(1 - yy)
+    fn = yy.sum() - tp
+    f1 = 2 * tp / (2 * tp + fp + fn)
+    # only cut between distinct scores
+    distinct = np.r_[s[1:] != s[:-1], True]
+    f1 = np.where(distinct, f1, -1)
+    i = int(np.argmax(f1))
+    return float(s[i])

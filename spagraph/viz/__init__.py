@@ -1,0 +1,1 @@
+"""Pictures: spatial maps, curves, report."""
