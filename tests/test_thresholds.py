@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from spagraph.train.metrics import best_f1_threshold, binary_metrics
+from spagraph.train.thresholds import quantile_matched_threshold
+
+
+def test_best_f1_threshold_separable():
+    y = np.array([0, 0, 0, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.8, 0.9])
+    t = best_f1_threshold(y, s)
+    assert 0.3 < t <= 0.8
+    assert binary_metrics(y, s, t)["f1"] == 1.0
+
+
+def test_quantile_matching_moves_with_shift():
+    rng = np.random.default_rng(0)
+    val = rng.beta(2, 5, 2000)
+    tgt = np.clip(val + 0.2, 0, 1)  # same distribution shifted upward
+    thr, method = quantile_matched_threshold(val, 0.4, tgt, "empirical")
+    assert method == "empirical"
+    assert thr == pytest.approx(0.6, abs=0.03)
+    thr_b, method_b = quantile_matched_threshold(val, 0.4, rng.beta(2, 5, 2000), "beta")
+    assert method_b == "beta"
+    assert thr_b == pytest.approx(0.4, abs=0.05)
+
+
+def test_beta_fit_falls_back_on_degenerate_scores():
+    thr, method = quantile_matched_threshold(np.full(50, 0.3), 0.3, np.full(40, 0.7), "beta")
+    assert method == "empirical" and 0 <= thr <= 1
+
+
+def test_metrics_undefined_cases_are_reported_not_averaged():
+    r = binary_metrics(np.ones(10, int), np.linspace(0, 1, 10), 0.5)
+    assert r["auc"] is None and any("one class" in u for u in r["undefined"])
+    r = binary_metrics(np.array([0, 1, 0, 1]), np.full(4, 0.5), 0.5)
+    assert any("collapsed" in u for u in r["undefined"]) and r["auc"] == 0.5
+
+
+scores = st.lists(st.floats(0, 1, allow_nan=False), min_size=0, max_size=60)
+
+
+@settings(max_examples=60, deadline=None)
+@given(scores, scores, st.floats(0, 1), st.floats(0, 1), st.sampled_from(["beta", "empirical"]))
+def test_quantile_matching_monotone_and_bounded(val, tgt, t1, t2, method):
+    v, t = np.array(val), np.array(tgt)
+    a, _ = quantile_matched_threshold(v, min(t1, t2), t, method)
+    b, _ = quantile_matched_threshold(v, max(t1, t2), t, method)
+    assert 0 <= a <= 1 and 0 <= b <= 1
+    assert a <= b + 1e-9
