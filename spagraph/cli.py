@@ -79,6 +79,31 @@ def run(config: Path = typer.Argument(..., help="experiment YAML (see experiment
     con.print(f"maps:        {out_dir / 'maps'}/")
 
 
+@app.command()
+def tune(config: Path = typer.Argument(..., help="experiment YAML with a 'search:' block"),
+         trials: int = typer.Option(20, "--trials", help="total finished trials wanted in the study"),
+         storage: Optional[str] = typer.Option(None, "--storage", help="optuna storage URL (default sqlite:///OUT/study.db)"),
+         out: Path = typer.Option(Path("runs/tune"), "--out", help="output directory (best.yaml, study.png)"),
+         set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key before searching"),
+         exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="slice held out of tuning entirely (nested evaluation)"),
+         max_folds: Optional[int] = typer.Option(None, "--max-folds", help="use only the first N folds per trial"),
+         progress: bool = typer.Option(True, "--progress/--no-progress")):
+    """Search hyper-parameters (TPE + median pruning on validation AUC); resumable; writes OUT/best.yaml."""
+    import os
+    from spagraph.experiment.config import ConfigError
+    from spagraph.experiment.tune import tune as run_tune
+    os.environ.setdefault("WANDB_MODE", "offline")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        summary = run_tune(config, trials, storage or f"sqlite:///{out.resolve()}/study.db", out, set_, exclude,
+                           max_folds=max_folds, progress=progress)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    typer.echo(f"best mean validation AUC {summary['best_value']:.4f} (trial {summary['best_trial']}, "
+               f"{summary['n_complete']} complete, {summary['n_pruned']} pruned)")
+    typer.echo(f"best config: {out / 'best.yaml'}   plot: {out / 'study.png'}")
+
+
 def main() -> None:  # console-script entry point
     app()
 
