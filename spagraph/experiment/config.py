@@ -27,10 +27,11 @@ class SliceSource(_Strict):
     """One source of slices.
 
     reader: ``her2st`` (root + names), ``spaceranger`` (path = outs/, optional annotation CSV),
-    ``h5ad`` (path), ``synthetic`` (generated: n_slices x n_spots, seed, optional batch effect).
+    ``h5ad`` (path), ``card`` (a dataset card from ``datasets/`` + the root it was fetched to), ``synthetic`` (generated: n_slices x n_spots, seed, optional batch effect).
     ``group`` tags slices for the transfer protocol (source / target).
     """
-    reader: Literal["her2st", "spaceranger", "h5ad", "synthetic"]
+    reader: Literal["her2st", "spaceranger", "h5ad", "synthetic", "card"]
+    card: Optional[str] = None             # reader 'card': dataset card name (datasets/<card>.yaml) or path
     root: Optional[str] = None
     names: Optional[list[str]] = None
     path: Optional[str] = None
@@ -48,6 +49,8 @@ class SliceSource(_Strict):
     def _needs(self):
         if self.reader == "her2st" and (not self.root or not self.names):
             raise ValueError("reader 'her2st' needs 'root' (directory) and 'names' (list of slice names)")
+        if self.reader == "card" and (not self.card or not self.root):
+            raise ValueError("reader 'card' needs 'card' (dataset card name) and 'root' (where `spagraph fetch` put it)")
         if self.reader in ("spaceranger", "h5ad") and not self.path:
             raise ValueError(f"reader '{self.reader}' needs 'path'")
         return self
