@@ -23,7 +23,8 @@ high_risk
 
 Evaluation (:func:`boundary_scores`) derives the reference boundary the same way from the
 pathologist's labels and compares it with the predicted boundary on the spots that carry a
-label: ``dice`` is the exact overlap (Dice = F1 of the two boundary sets), ``f1_tol`` the
+label (predictions at unlabelled spots are ignored, so both boundaries come from the same spots):
+``dice`` is the exact overlap (Dice = F1 of the two boundary sets), ``f1_tol`` the
 tolerant contour F1 (a predicted boundary spot counts as correct when a reference boundary
 spot lies within ``tolerance`` pitches, and vice versa for recall).
 """
@@ -72,7 +73,7 @@ def _as_class(v, n: int, what: str) -> np.ndarray:
     if isinstance(v, (pd.Series, pd.arrays.IntegerArray, pd.arrays.FloatingArray, pd.arrays.BooleanArray)):
         arr = pd.array(v).astype("Float64").to_numpy(dtype=float, na_value=np.nan)
     else:
-        arr = np.asarray(v, dtype=float)
+        arr = np.array(v, dtype=float)          # a copy: callers' arrays are never modified
     if arr.shape != (n,):
         raise ValueError(f"{what} has shape {arr.shape}, expected ({n},) (one value per spot)")
     ok = np.isnan(arr) | (arr == 0) | (arr == 1)
@@ -175,7 +176,8 @@ def boundary_scores(obj, label, pred, distance_pitches: float | None = 1.0, k_ho
                     tolerance: float = 1.0) -> dict:
     """Predicted boundary vs the boundary drawn the same way from the pathologist's labels.
 
-    Both boundaries are compared on labelled spots only (undetermined spots have no reference).
+    Both boundaries are drawn on the same spot set, the labelled spots (the prediction at an
+    undetermined spot is ignored, as that spot has no reference class), and compared there.
     Returns ``{"n", "n_ref", "n_pred", "dice", "precision", "recall", "f1_tol"}``; a score whose
     denominator is empty is ``None`` (never a made-up 0 or 1), except that two empty boundaries
     agree perfectly (dice 1).
@@ -184,6 +186,7 @@ def boundary_scores(obj, label, pred, distance_pitches: float | None = 1.0, k_ho
     n = len(pos)
     y = _as_class(label, n, "label")
     p = _as_class(pred, n, "pred")
+    p[np.isnan(y)] = np.nan      # same spot set on both sides: an unlabelled spot makes no class change
     ref = boundary_mask(obj, y, distance_pitches, k_hops)
     prd = boundary_mask(obj, p, distance_pitches, k_hops)
     m = ~np.isnan(y)

@@ -81,7 +81,9 @@ def test_boundary_scores_known_shifts():
     assert none["dice"] == 0.0 and none["recall"] == 0.0 and none["precision"] is None
     # unlabelled spots are not scored
     lab2 = lab.copy(); lab2[x == 9] = np.nan
-    assert boundary_scores(pos, lab2, lab)["n"] == 90
+    p = lab.copy()
+    assert boundary_scores(pos, lab2, p)["n"] == 90
+    assert not np.isnan(p).any()                     # inputs are not modified
 
 
 def test_risk_table_flags_confident_cancer_like_non_cancer_spots():

@@ -1,0 +1,247 @@
+"""``spagraph report RUN_DIR``: one self-contained HTML page (images base64-embedded).
+
+Writes ``RUN_DIR/report.html``, ``RUN_DIR/regions.csv`` (every predicted spot: ensemble
+score, spread, prediction, region, risk), ``RUN_DIR/high_risk.csv`` (``slice, spot, score,
+spread, nearest_tumour_distance, ...``), ``RUN_DIR/boundary.csv`` and the figures under
+``RUN_DIR/report_files/``.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from spagraph.regions import RegionSettings
+from spagraph.report.analysis import RunAnalysis, analyse_run
+from spagraph.utils import atomic_path, atomic_write_text
+
+METRIC_COLS = [("auc", "AUC"), ("ap", "AP"), ("f1", "F1"), ("f1_val_threshold", "F1 (val thr.)"),
+               ("accuracy", "accuracy"), ("sensitivity", "sensitivity"), ("specificity", "specificity")]
+
+CSS = """
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:24px auto;max-width:1300px;color:#222;
+line-height:1.45;padding:0 16px}
+h1{font-size:1.6em;margin-bottom:0.2em} h2{border-bottom:2px solid #0072B2;padding-bottom:3px;margin-top:1.8em}
+h3{margin-bottom:0.3em}
+table{border-collapse:collapse;font-size:0.86em;margin:8px 0 14px 0}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:right} th{background:#eef3f8}
+td.l,th.l{text-align:left} tr.sum td{font-weight:bold;background:#f7f7f7}
+img{max-width:100%;height:auto;border:1px solid #eee;margin:4px 0}
+pre{background:#f6f6f6;border:1px solid #ddd;padding:10px;font-size:0.8em;overflow-x:auto;max-height:480px}
+.note{color:#555;font-size:0.9em} .slice{margin-bottom:2.2em}
+nav a{margin-right:10px}
+"""
+
+
+def _fmt(v, nd=3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "&mdash;"
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.{nd}f}"
+    return html.escape(str(v))
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+
+
+def _table(header: list[str], rows: list[list[str]], left: int = 1, classes: list[str] | None = None) -> str:
+    th = "".join(f'<th class="l">{h}</th>' if i < left else f"<th>{h}</th>" for i, h in enumerate(header))
+    body = []
+    for k, r in enumerate(rows):
+        cls = f' class="{classes[k]}"' if classes and classes[k] else ""
+        body.append(f"<tr{cls}>" + "".join(f'<td class="l">{c}</td>' if i < left else f"<td>{c}</td>"
+                                            for i, c in enumerate(r)) + "</tr>")
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _per_slice_metrics(metrics: dict) -> pd.DataFrame:
+    rows = pd.DataFrame(metrics.get("per_slice", []))
+    if rows.empty:
+        return rows
+    keys = [k for k, _ in METRIC_COLS if k in rows] + [k for k in ("n", "n_pos") if k in rows]
+    for k in keys:
+        rows[k] = pd.to_numeric(rows[k], errors="coerce")
+    g = rows.groupby("slice", sort=False)
+    out = g[keys].mean()
+    out["n_seeds"] = g.size()
+    return out
+
+
+def _protocol_text(ra: RunAnalysis) -> str:
+    m, c = ra.metrics, ra.config
+    seeds = c.get("train", {}).get("seeds", [])
+    folds = m.get("folds", {}) or {}
+    thr = c.get("threshold", {}).get("method", m.get("threshold_method"))
+    parts = [f"Protocol <b>{html.escape(str(m.get('protocol', c.get('protocol', {}).get('kind', '?'))))}</b>"
+             f" with {len(folds) or '?'} fold(s) &times; {len(seeds)} seed(s) {html.escape(str(seeds))}."]
+    if m.get("protocol") == "loso":
+        parts.append("Each slice is the test slice of one fold; it never enters training, early stopping, "
+                     "normalisation statistics or threshold choice. Validation = whole held-out training slices.")
+    parts.append(f"Undetermined spots are <b>{html.escape(str(m.get('undetermined', 'excluded')))}</b> from scoring.")
+    und = m.get("undetermined_as_noncancer") or {}
+    if und.get("auc") is not None:
+        parts.append(f"Scoring them as non-cancer instead (SpaCancer's text): mean AUC {_fmt(und.get('auc'))}, "
+                     f"mean AP {_fmt(und.get('ap'))}.")
+    parts.append(f"Test-slice thresholds: method <b>{html.escape(str(thr))}</b> (label-free for the test slice; "
+                 "see the threshold table). Overall mean &plusmn; std are over all (slice, seed) rows where the "
+                 "metric is defined.")
+    return " ".join(parts)
+
+
+def _fold_table(ra: RunAnalysis) -> str:
+    folds = ra.metrics.get("folds", {}) or {}
+    if not folds:
+        return ""
+    rows = [[html.escape(str(k)), html.escape(", ".join(map(str, v.get("train", [])))),
+             html.escape(", ".join(map(str, v.get("val", [])))), html.escape(", ".join(map(str, v.get("test", []))))]
+            for k, v in folds.items()]
+    return _table(["fold", "train", "validation", "test"], rows, left=4)
+
+
+def _metrics_section(ra: RunAnalysis) -> str:
+    ps = _per_slice_metrics(ra.metrics)
+    bt = ra.boundary_table().set_index("slice") if ra.slices else pd.DataFrame()
+    header = ["slice", "seeds", "spots", "cancer"] + [h for _, h in METRIC_COLS] + ["boundary Dice", "boundary F1 (±1 pitch)"]
+    rows = []
+    for s in ra.slices:
+        r = ps.loc[s] if s in ps.index else pd.Series(dtype=float)
+        b = bt.loc[s] if s in bt.index else pd.Series(dtype=float)
+        rows.append([html.escape(s), _fmt(int(r["n_seeds"])) if "n_seeds" in r else "&mdash;",
+                     _fmt(int(r["n"])) if "n" in r and not math.isnan(r["n"]) else "&mdash;",
+                     _fmt(int(r["n_pos"])) if "n_pos" in r and not math.isnan(r["n_pos"]) else "&mdash;"]
+                    + [_fmt(r.get(k)) for k, _ in METRIC_COLS] + [_fmt(b.get("dice_mean")), _fmt(b.get("f1_tol_mean"))])
+    mean, std = ra.metrics.get("mean", {}), ra.metrics.get("std", {})
+    bd = pd.to_numeric(bt.get("dice_mean"), errors="coerce") if len(bt) else pd.Series(dtype=float)
+    bf = pd.to_numeric(bt.get("f1_tol_mean"), errors="coerce") if len(bt) else pd.Series(dtype=float)
+
+    def pm(m, s):
+        return "&mdash;" if m is None else f"{m:.3f} &plusmn; {s:.3f}" if s is not None else f"{m:.3f}"
+    rows.append(["mean &plusmn; std", "", "", ""] + [pm(mean.get(k), std.get(k)) for k, _ in METRIC_COLS]
+                + [pm(float(bd.mean()), float(bd.std(ddof=0))) if bd.notna().any() else "&mdash;",
+                   pm(float(bf.mean()), float(bf.std(ddof=0))) if bf.notna().any() else "&mdash;"])
+    return (_table(header, rows, classes=[""] * (len(rows) - 1) + ["sum"]) +
+            '<p class="note">Per-slice values are means over seeds. Boundary scores: mean over seeds of the '
+            "agreement between the boundary of each seed's prediction and the boundary drawn the same way from "
+            "the pathologist's labels, on labelled spots; the bottom row is mean &plusmn; std over slices.</p>")
+
+
+def _boundary_section(ra: RunAnalysis) -> str:
+    s = ra.settings
+    how = (f"within {s.k_hops} hop(s) on the scale-1 spot graph" if s.k_hops is not None
+           else f"within {s.distance_pitches:g} spot pitch(es)")
+    bt = ra.boundary_table()
+    rows = [[html.escape(str(r["slice"])), _fmt(r["n_labelled"]), _fmt(r["n_ref_boundary"]),
+             f"{_fmt(r['dice_mean'])} &plusmn; {_fmt(r['dice_std'])}", _fmt(r["dice_ensemble"]),
+             f"{_fmt(r['f1_tol_mean'])} &plusmn; {_fmt(r['f1_tol_std'])}", _fmt(r["f1_tol_ensemble"])]
+            for _, r in bt.iterrows()]
+    return (f"<p>A spot is <b>boundary</b> when a spot of the other class lies {how} of it (both sides of an "
+            "interface; undetermined spots belong to no class). Other spots are <b>tumour</b> (predicted cancer) "
+            "or <b>healthy</b>. <b>High-risk</b>: a spot the pathologist called non-cancer whose seed-mean score "
+            f"is &ge; the slice's threshold with spread (std over seeds) &le; {s.max_spread:g}. "
+            "<b>Dice</b> = exact overlap of predicted and reference boundary spots; <b>F1 (&plusmn;1 pitch)</b> "
+            "counts a boundary spot as matched when the other boundary has a spot within one pitch.</p>" +
+            _table(["slice", "labelled spots", "reference boundary spots", "Dice (seeds)", "Dice (ensemble)",
+                    "F1 ±1 pitch (seeds)", "F1 ±1 pitch (ensemble)"], rows))
+
+
+def _threshold_section(ra: RunAnalysis) -> str:
+    rows = []
+    for r in ra.metrics.get("per_slice", []):
+        rows.append([html.escape(str(r.get("slice"))), _fmt(r.get("seed")), _fmt(r.get("threshold")),
+                     html.escape(str(r.get("threshold_method", ""))), _fmt(r.get("val_threshold")),
+                     _fmt(r.get("f1")), _fmt(r.get("f1_val_threshold")), _fmt(r.get("best_epoch"))])
+    ens = [[html.escape(s.name), _fmt(s.threshold), _fmt(int(s.pred.sum())), _fmt(len(s.pred))] for s in ra.slices.values()]
+    return (_table(["slice", "seed", "threshold", "method", "validation F1-optimal threshold", "F1", "F1 at val. thr.",
+                    "best epoch"], rows) +
+            "<h3>Seed ensemble used for the maps and regions</h3>" +
+            _table(["slice", "threshold (mean over seeds)", "predicted cancer spots", "spots"], ens))
+
+
+def _risk_section(ra: RunAnalysis) -> str:
+    hr = ra.high_risk_table()
+    counts = [[html.escape(s.name), _fmt(int(s.risk["high_risk"].sum())),
+               _fmt(int((s.risk["reference_class"] == 0).sum())), html.escape(str(s.risk["reference"].iloc[0]))]
+              for s in ra.slices.values()]
+    top = hr.sort_values("score", ascending=False).head(25)
+    rows = [[html.escape(str(r["slice"])), html.escape(str(r["spot"])), _fmt(r["score"]), _fmt(r["spread"]),
+             _fmt(r["nearest_tumour_distance"], 2)] for _, r in top.iterrows()]
+    return (_table(["slice", "high-risk spots", "reference non-cancer spots", "reference"], counts) +
+            (f"<h3>Top {len(rows)} of {len(hr)} high-risk spots (full list: high_risk.csv)</h3>" +
+             _table(["slice", "spot", "mean score", "spread", "nearest tumour (pitches)"], rows, left=2)
+             if len(rows) else "<p>No high-risk spot.</p>"))
+
+
+def _slice_figures(ra: RunAnalysis, fig_dir: Path) -> dict[str, list[Path]]:
+    from spagraph.viz.curves import plot_roc_pr
+    from spagraph.viz.spatial import plot_slice_panels
+    out = {}
+    for s in ra.slices.values():
+        f1 = plot_slice_panels(s.pos, fig_dir / f"{_safe(s.name)}_maps.png", label=s.label, score=s.score,
+                               uncertainty=s.spread if len(s.seeds) > 1 else None, pred=s.pred, regions=s.regions,
+                               risk=s.risk["risk"].to_numpy(), high_risk=s.risk["high_risk"].to_numpy(),
+                               title=f"{s.name}: seed ensemble of {len(s.seeds)}, threshold {s.threshold:.3f}",
+                               image=s.image, image_scale=s.image_scale)
+        m = ~np.isnan(s.label)
+        f2 = plot_roc_pr([(s.label[m].astype(int), r[m]) for r in s.runs], fig_dir / f"{_safe(s.name)}_curves.png",
+                         title=s.name, mean_score=(s.label[m].astype(int), s.score[m]))
+        out[s.name] = [f1, f2]
+    return out
+
+
+def write_report(run_dir: str | Path, slices: dict | None = None, base_dir: Path | None = None,
+                 settings: RegionSettings | None = None) -> Path:
+    """Analyse a finished run and write report.html, regions.csv, high_risk.csv, boundary.csv."""
+    from spagraph.viz.curves import plot_calibration, plot_roc_all
+    run_dir = Path(run_dir)
+    ra = analyse_run(run_dir, slices=slices, base_dir=base_dir, settings=settings)
+    fig_dir = run_dir / "report_files"
+    for name, df in (("regions.csv", ra.regions_table()), ("high_risk.csv", ra.high_risk_table()),
+                     ("boundary.csv", ra.boundary_table())):
+        with atomic_path(run_dir / name) as tmp:
+            df.to_csv(tmp, index=False)
+    figs = _slice_figures(ra, fig_dir)
+    labelled = {s.name: (s.label[~np.isnan(s.label)].astype(int), s.score[~np.isnan(s.label)])
+                for s in ra.slices.values() if (~np.isnan(s.label)).any()}
+    overview = []
+    if labelled:
+        overview.append(plot_roc_all(labelled, fig_dir / "all_roc_pr.png", title="all slices (seed-mean scores)"))
+        overview.append(plot_calibration(labelled, fig_dir / "calibration.png",
+                                         title="calibration (seed-mean scores, labelled spots)"))
+    name = ra.metrics.get("experiment") or ra.config.get("name", run_dir.name)
+    nav = " ".join(f'<a href="#slice-{_safe(s)}">{html.escape(s)}</a>' for s in ra.slices)
+    secs = [f"<h1>spagraph report: {html.escape(str(name))}</h1>",
+            f'<p class="note">Run directory <code>{html.escape(str(run_dir.resolve()))}</code>; config hash '
+            f"<code>{html.escape(str(ra.metrics.get('config_hash', '?')))}</code>; wall time "
+            f"{_fmt(ra.metrics.get('wall_time_s'), 1)} s.</p>",
+            f"<nav>Slices: {nav}</nav>",
+            "<h2>Protocol</h2>", f"<p>{_protocol_text(ra)}</p>", _fold_table(ra),
+            "<h2>Metrics</h2>", _metrics_section(ra)]
+    if overview:
+        secs += ["<h2>Curves</h2>"] + [_img(p, p.stem) for p in overview]
+    secs += ["<h2>Regions and boundary agreement</h2>", _boundary_section(ra),
+             "<h2>High-risk spots</h2>", _risk_section(ra),
+             "<h2>Slices</h2>",
+             '<p class="note">Panels: pathologist label; seed-mean cancer score; spread over seeds (when more than '
+             "one seed); ensemble prediction; regions; risk (score &minus; spread, on spots the pathologist called "
+             "non-cancer; high-risk spots ringed). Drawn over the H&amp;E when the slice has one.</p>"]
+    for s, paths in figs.items():
+        secs.append(f'<div class="slice" id="slice-{_safe(s)}"><h3>{html.escape(s)}</h3>' +
+                    "".join(_img(p, f"{s} {p.stem}") for p in paths) + "</div>")
+    secs += ["<h2>Threshold decisions</h2>", _threshold_section(ra),
+             "<h2>Resolved config</h2>", f"<pre>{html.escape(ra.config_text)}</pre>"]
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>spagraph report: '
+            f"{html.escape(str(name))}</title><style>{CSS}</style></head><body>\n" + "\n".join(secs) +
+            "\n</body></html>\n")
+    out = run_dir / "report.html"
+    atomic_write_text(out, page)
+    return out
