@@ -1,0 +1,365 @@
+"""A trained model as one self-describing folder, and prediction on a new slice with it.
+
+``save_model(model, cfg, graphs, fold, path)`` writes::
+
+    path/model.pt           state_dict of the SpaGraphNet
+    path/config.yaml        the resolved experiment config
+    path/meta.json          model dims, settings, encoder names, fold, config hash, validation threshold
+    path/gene_encoder.pt    fitted gene-encoder state (fitted on the fold's training slices only)
+    path/val_scores.npy     validation-slice scores: the distribution used for quantile matching
+
+``load_model(path)`` returns a :class:`SavedModel`; ``load_models(path)`` also accepts a folder
+of such folders (a seed ensemble, e.g. ``RUN/models/``).
+
+``predict_slice(models, adata)`` embeds the slice with the saved preprocessing (transform only),
+builds its graph, scores it (eval mode), estimates uncertainty (std over MC-dropout passes and
+ensemble members), thresholds it by quantile matching against the saved validation scores,
+draws regions and risk, and writes them into ``adata.obs`` / ``adata.uns["spagraph"]``.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spagraph.utils import atomic_path, atomic_write_json
+
+log = logging.getLogger("spagraph")
+
+FORMAT_VERSION = 1
+FILES = ("model.pt", "config.yaml", "meta.json", "val_scores.npy")
+
+
+@dataclass
+class SavedModel:
+    path: Path
+    model: torch.nn.Module
+    cfg: object                    # ExperimentConfig
+    meta: dict
+    val_scores: np.ndarray
+    gene_encoder: object | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def val_threshold(self) -> float:
+        return float(self.meta["val_threshold"])
+
+    @property
+    def config_hash(self) -> str:
+        return str(self.meta["config_hash"])
+
+
+# ------------------------------------------------------------------ save
+
+
+def _validation_threshold(model, graphs: dict, fold, ts) -> tuple[np.ndarray, float]:
+    """The validation slices' scores and F1-optimal threshold, exactly as the runner chooses it."""
+    from spagraph.train.fit import predict_scores
+    from spagraph.train.metrics import best_f1_threshold
+    if not fold.val:
+        return np.zeros(0), 0.5
+    vs = np.concatenate([predict_scores(model, graphs[n], ts) for n in fold.val])
+    vy = np.concatenate([graphs[n].y.numpy() for n in fold.val])
+    m = ~np.isnan(vy)
+    return vs, (best_f1_threshold(vy[m].astype(int), vs[m]) if m.any() else 0.5)
+
+
+def _fit_gene_encoder(cfg, fold, slices: dict | None, base_dir: Path | None):
+    from spagraph.embed.gene import fit_gene_encoder
+    if slices is None:
+        from spagraph.experiment.data import load_slices
+        slices, _ = load_slices(cfg.data, base_dir)
+    missing = [n for n in fold.train if n not in slices]
+    if missing:
+        raise ValueError(f"cannot refit the gene encoder: training slices {missing} are not available")
+    return fit_gene_encoder(cfg.embed.gene_encoder, [slices[n] for n in fold.train], dict(cfg.embed.settings))
+
+
+def save_model(model, cfg, graphs: dict, fold, path: str | Path, slices: dict | None = None,
+               gene_encoder=None, base_dir: Path | None = None, seed: int | None = None) -> Path:
+    """Write one folder holding everything ``spagraph predict`` needs (module docstring).
+
+    The gene encoder is ``gene_encoder`` when given, else refitted with
+    ``fit_gene_encoder(cfg.embed.gene_encoder, <fold's training slices>, cfg.embed.settings)`` on
+    ``slices`` (re-read from ``cfg.data`` when not given). Validation scores and threshold are
+    recomputed from ``graphs`` (deterministic eval-mode scores of the fold's validation slices).
+    """
+    from spagraph.experiment.config import dump_config
+    from spagraph.experiment.runner import train_settings
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    ts = train_settings(cfg)
+    vs, vthr = _validation_threshold(model, graphs, fold, ts)
+    if gene_encoder is None and getattr(model, "d_gene", 0) > 0:
+        gene_encoder = _fit_gene_encoder(cfg, fold, slices, base_dir)
+    g0 = graphs[fold.train[0]]
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "config_hash": cfg.config_hash(),
+        "experiment": cfg.name,
+        "d_img": int(model.d_img), "d_gene": int(model.d_gene),
+        "n_scales": int(g0.num_scales), "n_bins": int(g0.n_dir_bins),
+        "model_settings": dict(vars(model.settings)),
+        "graph": cfg.graph.model_dump(), "label_key": cfg.data.label_key,
+        "image_encoder": cfg.embed.image_encoder, "gene_encoder": cfg.embed.gene_encoder,
+        "embed_settings": dict(cfg.embed.settings),
+        "gene_encoder_class": (f"{type(gene_encoder).__module__}:{type(gene_encoder).__qualname__}"
+                               if gene_encoder is not None else None),
+        "fold": {"name": fold.name, "train": list(fold.train), "val": list(fold.val), "test": list(fold.test)},
+        "seed": seed,
+        "val_threshold": float(vthr), "n_val_scores": int(len(vs)),
+        "threshold_method": cfg.threshold.method, "threshold_fixed": cfg.threshold.fixed,
+    }
+    with atomic_path(path / "model.pt") as tmp:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    if gene_encoder is not None:
+        with atomic_path(path / "gene_encoder.pt") as tmp:
+            torch.save(gene_encoder.state_dict(), tmp)
+    with atomic_path(path / "val_scores.npy") as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.asarray(vs, dtype=np.float64))
+    dump_config(cfg, path / "config.yaml")
+    atomic_write_json(path / "meta.json", meta)          # last: its presence marks a complete folder
+    return path
+
+
+# ------------------------------------------------------------------ load
+
+
+def _restore_gene_encoder(meta: dict, state):
+    cls_path = meta.get("gene_encoder_class")
+    if not cls_path:
+        return None
+    mod, _, qual = cls_path.partition(":")
+    try:
+        obj = importlib.import_module(mod)
+        for part in qual.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"saved gene encoder class {cls_path} cannot be imported: {e}") from None
+    if hasattr(obj, "from_state_dict"):
+        return obj.from_state_dict(state)
+    gene = importlib.import_module("spagraph.embed.gene")
+    if hasattr(gene, "from_state_dict"):
+        return gene.from_state_dict(state)
+    raise ValueError(f"gene encoder class {cls_path} has no from_state_dict()")
+
+
+def load_model(path: str | Path, device: str = "cpu") -> SavedModel:
+    """Load one saved model folder (weights, config, preprocessing, validation scores)."""
+    from spagraph.experiment.config import load_config
+    from spagraph.nn.model import ModelSettings, SpaGraphNet
+    path = Path(path)
+    missing = [f for f in FILES if not (path / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{path} is not a saved spagraph model: missing {', '.join(missing)}")
+    meta = json.loads((path / "meta.json").read_text())
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path}: saved with format {meta['format_version']}, this spagraph reads <= {FORMAT_VERSION}")
+    cfg = load_config(path / "config.yaml")
+    if cfg.config_hash() != meta["config_hash"]:
+        raise ValueError(f"{path}: config.yaml hash {cfg.config_hash()} != recorded {meta['config_hash']} "
+                         "(config edited after saving?)")
+    model = SpaGraphNet(meta["d_img"], meta["d_gene"], meta["n_scales"], meta["n_bins"],
+                        ModelSettings(**meta["model_settings"]))
+    model.load_state_dict(torch.load(path / "model.pt", map_location=device, weights_only=True))
+    model.to(device).eval()
+    ge = None
+    if (path / "gene_encoder.pt").exists():
+        ge = _restore_gene_encoder(meta, torch.load(path / "gene_encoder.pt", weights_only=False))
+    return SavedModel(path=path, model=model, cfg=cfg, meta=meta, val_scores=np.load(path / "val_scores.npy"),
+                      gene_encoder=ge)
+
+
+def load_models(path: str | Path, device: str = "cpu") -> list[SavedModel]:
+    """One saved model folder, or a folder of them (a seed ensemble sharing one config hash)."""
+    path = Path(path)
+    if (path / "meta.json").exists():
+        return [load_model(path, device)]
+    subs = sorted(p for p in path.iterdir() if (p / "meta.json").exists()) if path.is_dir() else []
+    if not subs:
+        raise FileNotFoundError(f"{path}: no saved model here (expected model.pt + meta.json, or sub-folders holding them)")
+    models = [load_model(p, device) for p in subs]
+    hashes = {m.config_hash for m in models}
+    if len(hashes) > 1:
+        raise ValueError(f"{path}: saved models come from different configs {sorted(hashes)}; ensemble one config at a time")
+    return models
+
+
+# ------------------------------------------------------------------ predict
+
+
+def embed_for_prediction(adata, saved: SavedModel, name: str = "slice"):
+    """Embeddings of a new slice with the saved preprocessing: the saved gene encoder transforms
+    (never refits); the image encoder (pretrained / handcrafted, nothing fitted on labels) is run
+    by name. Writes ``obsm["gene_emb"]`` / ``obsm["img_emb"]`` in place."""
+    meta = saved.meta
+    if meta["d_img"] > 0 and meta.get("image_encoder") and _has_image(adata):
+        from spagraph.embed import embed_slices
+        embed_slices({name: adata}, fit_on=[name], image_encoder=meta["image_encoder"],
+                     gene_encoder=meta["gene_encoder"], settings=dict(meta.get("embed_settings", {})),
+                     cache_dir=None, progress=False)
+    if meta["d_gene"] > 0:
+        if saved.gene_encoder is None:
+            raise ValueError(f"{saved.path}: the model uses gene embeddings but no fitted gene encoder was saved")
+        adata.obsm["gene_emb"] = np.asarray(saved.gene_encoder.transform(adata), dtype=np.float32)
+    return adata
+
+
+def _has_image(adata) -> bool:
+    from spagraph.viz.spatial import slice_image
+    return slice_image(adata)[0] is not None
+
+
+def slice_graph(adata, saved: SavedModel, name: str = "slice"):
+    """The slice's graph with the saved graph settings, widths matched to the model."""
+    from spagraph.graph import GraphSettings, build_slice_graph
+    g = saved.meta["graph"]
+    data = build_slice_graph(adata, GraphSettings(scales=list(g["scales"]), n_dir_bins=g["n_dir_bins"],
+                                                  shells=g.get("shells", False)),
+                             label_key=saved.meta.get("label_key", "cancer"), name=name)
+    for key, flag, d in (("x_img", "has_img", saved.meta["d_img"]), ("x_gene", "has_gene", saved.meta["d_gene"])):
+        w = data[key].shape[1]
+        if w == d:
+            continue
+        if w == 0 or d == 0:          # modality absent on one side: masked, as in training
+            data[key] = torch.zeros(data.num_nodes, d)
+            data[flag] = torch.zeros(data.num_nodes, dtype=torch.bool)
+        else:
+            raise ValueError(f"slice {name}: {key} has {w} columns but the model expects {d}")
+    return data
+
+
+def _enable_dropout(model: torch.nn.Module) -> None:
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+@torch.no_grad()
+def mc_dropout_scores(model, data, n_passes: int, seed: int = 0, ts=None) -> np.ndarray:
+    """(n_passes, n) scores with dropout active (modality dropout off). Deterministic given ``seed``."""
+    from spagraph.train.fit import _to, _use_tiles, TrainSettings
+    from spagraph.train.tiles import iter_tiles
+    ts = ts or TrainSettings()
+    dev = next(model.parameters()).device
+    cpu_state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    out = np.zeros((n_passes, data.num_nodes))
+    try:
+        _enable_dropout(model)
+        for i in range(n_passes):
+            if not _use_tiles(data, ts):
+                out[i] = torch.sigmoid(model(_to(data, dev))["logit"]).cpu().numpy()
+            else:
+                for sub, interior in iter_tiles(data, ts.tile_size):
+                    p = torch.sigmoid(model(_to(sub, dev))["logit"]).cpu().numpy()
+                    out[i, interior.numpy()] = p[: len(interior)]
+    finally:
+        model.eval()
+        torch.set_rng_state(cpu_state)
+    return out
+
+
+def _threshold(saved: SavedModel, target: np.ndarray) -> tuple[float, str]:
+    from spagraph.train.thresholds import quantile_matched_threshold
+    method = saved.meta.get("threshold_method", "quantile_beta")
+    if method == "fixed":
+        return float(saved.meta.get("threshold_fixed", 0.5)), "fixed"
+    if method == "val_f1":
+        return saved.val_threshold, "val_f1"
+    thr, used = quantile_matched_threshold(saved.val_scores, saved.val_threshold, target,
+                                           "beta" if method == "quantile_beta" else "empirical")
+    return thr, (f"quantile_{used}" if not used.startswith("fallback") else used)
+
+
+def predict_slice(models: list[SavedModel] | SavedModel, adata, name: str = "slice", n_mc: int = 20,
+                  mc_seed: int = 0, distance_pitches: float | None = 1.0, k_hops: int | None = None,
+                  max_spread: float = 0.1, embed: bool = True, device: str = "cpu") -> dict:
+    """Score, threshold, regions and risk of one slice; written into ``adata`` (see conventions).
+
+    Score = eval-mode score (mean over ensemble members). Threshold = mean over members of each
+    member's quantile-matched threshold. Uncertainty = std of the cancer probability over all MC-
+    dropout passes of all members (``n_mc`` passes each; with ``n_mc=0`` and several members, the
+    std over members). Returns a dict with the per-spot table (``table``) and the decisions.
+    """
+    import pandas as pd
+    from spagraph.regions import assign_regions, risk_table
+    from spagraph.train.fit import predict_scores
+    from spagraph.experiment.runner import train_settings
+    models = [models] if isinstance(models, SavedModel) else list(models)
+    if not models:
+        raise ValueError("predict_slice needs at least one saved model")
+    if n_mc < 0:
+        raise ValueError(f"n_mc must be >= 0, got {n_mc}")
+    scores, passes, thrs, methods = [], [], [], []
+    for i, m in enumerate(models):
+        if embed:
+            embed_for_prediction(adata, m, name)
+        g = slice_graph(adata, m, name)
+        ts = train_settings(m.cfg)
+        s = predict_scores(m.model, g, ts)
+        scores.append(s)
+        t, used = _threshold(m, s)
+        thrs.append(t); methods.append(used)
+        if n_mc > 0:
+            passes.append(mc_dropout_scores(m.model, g, n_mc, seed=mc_seed + i, ts=ts))
+        else:
+            passes.append(s[None, :])
+    score = np.mean(scores, axis=0)
+    allp = np.concatenate(passes, axis=0)
+    unc = allp.std(0) if len(allp) > 1 else np.zeros(len(score))
+    thr = float(np.mean(thrs))
+    pred = (score >= thr).astype(int)
+    label_key = models[0].meta.get("label_key", "cancer")
+    label = None
+    if label_key in adata.obs and adata.obs[label_key].notna().any():
+        label = adata.obs[label_key].astype("Float32").to_numpy(dtype=float, na_value=np.nan)
+    # risk: score spread over the passes/members (MC mean may differ slightly from the eval score;
+    # the eval score is the one compared with the threshold)
+    rt = risk_table(adata, score[None, :], thr, label=label, pred=pred, slice_name=name, max_spread=max_spread)
+    rt["spread"] = unc
+    rt["risk"] = np.where(rt["reference_class"].astype("Float32").to_numpy(dtype=float, na_value=np.nan) == 0,
+                          np.maximum(score - unc, 0.0), np.nan)
+    rt["high_risk"] = rt["high_risk"].to_numpy() & (unc <= max_spread)
+    regions = assign_regions(adata, pred=pred, distance_pitches=distance_pitches, k_hops=k_hops,
+                             high_risk=rt["high_risk"].to_numpy())
+    adata.obs["spagraph_score"] = score.astype(np.float64)
+    adata.obs["spagraph_pred"] = pred.astype(np.int8)
+    adata.obs["spagraph_region"] = pd.Categorical(regions, categories=list(regions.categories))
+    adata.obs["spagraph_risk"] = rt["risk"].to_numpy(dtype=np.float64)
+    adata.obs["spagraph_uncertainty"] = unc.astype(np.float64)
+    method = methods[0] if len(set(methods)) == 1 else "mixed:" + ",".join(sorted(set(methods)))
+    adata.uns["spagraph"] = {
+        "model": [str(m.path.resolve()) for m in models], "config_hash": models[0].config_hash,
+        "threshold": thr, "threshold_method": method, "member_thresholds": [float(t) for t in thrs],
+        "n_models": len(models), "mc_dropout_passes": int(n_mc),
+        "uncertainty": "std over MC-dropout passes and ensemble members",
+        "regions": {"boundary": (f"within {k_hops} hop(s) on the scale-1 graph" if k_hops is not None
+                                 else f"within {distance_pitches:g} pitch(es)"),
+                    "max_spread": float(max_spread), "risk_reference": str(rt["reference"].iloc[0])},
+    }
+    table = pd.DataFrame({"spot": list(map(str, adata.obs_names)), "score": score, "pred": pred,
+                          "region": regions, "risk": rt["risk"].to_numpy(), "uncertainty": unc,
+                          "high_risk": rt["high_risk"].to_numpy(),
+                          "nearest_tumour_distance": rt["nearest_tumour_distance"].to_numpy()})
+    return {"table": table, "threshold": thr, "threshold_method": method, "adata": adata}
+
+
+def write_prediction(adata, table, out: str | Path) -> tuple[Path, Path]:
+    """Save the annotated slice (.h5ad) and the per-spot CSV next to it, both atomically."""
+    out = Path(out)
+    if out.suffix != ".h5ad":
+        raise ValueError(f"--out must end in .h5ad, got {out}")
+    with atomic_path(out) as tmp:
+        adata.write_h5ad(tmp)
+    csv = out.with_suffix(".csv")
+    with atomic_path(csv) as tmp:
+        table.to_csv(tmp, index=False)
+    return out, csv
