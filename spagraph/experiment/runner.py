@@ -241,7 +241,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fa
                 atomic_write_json(jpath, {"rows": rows, "fold": fold_reports[fold.name]})
                 if save_models and info.get("model") is not None:
                     from spagraph.train.saved import save_model
-                    save_model(info["model"], cfg, graphs, fold, out / "models" / key)
+                    save_model(info["model"], cfg, graphs, fold, out / "models" / key, slices=slices, base_dir=base_dir, seed=seed)
                 ckpt.unlink(missing_ok=True)
                 all_rows.extend(rows)
                 all_preds.append(preds)
