@@ -104,6 +104,70 @@ def tune(config: Path = typer.Argument(..., help="experiment YAML with a 'search
     typer.echo(f"best config: {out / 'best.yaml'}   plot: {out / 'study.png'}")
 
 
+@app.command()
+def predict(model_dir: Path = typer.Argument(..., help="saved model folder (RUN/models/<fold>_s<seed>) or a folder of them (seed ensemble)"),
+            slice_path: Path = typer.Argument(..., metavar="SLICE", help="her2st root, Space Ranger outs/, or .h5ad"),
+            slice: Optional[str] = typer.Option(None, "--slice", help="slice name (her2st layout)"),
+            out: Path = typer.Option(..., "--out", help="output .h5ad (a .csv and a .png are written next to it)"),
+            mc_passes: int = typer.Option(20, "--mc-passes", help="MC-dropout passes per model for the uncertainty (0: off)"),
+            boundary_pitches: float = typer.Option(1.0, "--boundary-pitches", help="boundary = spots within this many pitches of the other class"),
+            k_hops: Optional[int] = typer.Option(None, "--k-hops", help="boundary by hops on the scale-1 graph instead of distance"),
+            max_spread: float = typer.Option(0.1, "--max-spread", help="high-risk needs uncertainty (std) <= this"),
+            plot: bool = typer.Option(True, "--plot/--no-plot", help="also write OUT.png (score, regions, risk maps)")):
+    """Predict a new slice with a saved model: score, prediction, regions, risk, uncertainty -> .h5ad + .csv."""
+    from spagraph.io import read_slice
+    from spagraph.train.saved import load_models, predict_slice, write_prediction
+    if out.suffix != ".h5ad":
+        _fail(f"--out must end in .h5ad, got {out}")
+    try:
+        models = load_models(model_dir)
+        adata = read_slice(slice_path, slice_name=slice)
+        name = slice or adata.uns.get("spagraph_slice", {}).get("library_id") or slice_path.stem
+        res = predict_slice(models, adata, name=str(name), n_mc=mc_passes, distance_pitches=boundary_pitches,
+                            k_hops=k_hops, max_spread=max_spread)
+        h5, csv = write_prediction(adata, res["table"], out)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        _fail(str(e))
+    t = res["table"]
+    typer.echo(f"{len(models)} model(s); threshold {res['threshold']:.4f} ({res['threshold_method']}); "
+               f"{int(t['pred'].sum())}/{len(t)} spots predicted cancer; regions: "
+               + ", ".join(f"{k} {v}" for k, v in t["region"].value_counts(sort=False).items()))
+    typer.echo(f"written: {h5}  {csv}")
+    if plot:
+        from spagraph.viz.spatial import plot_slice_panels, slice_image
+        img, scale = slice_image(adata)
+        lab = None
+        key = models[0].meta.get("label_key", "cancer")
+        if key in adata.obs and adata.obs[key].notna().any():
+            lab = adata.obs[key].astype("Float32").to_numpy(dtype=float, na_value=float("nan"))
+        png = plot_slice_panels(adata.obsm["spatial"], out.with_suffix(".png"), label=lab, score=t["score"].to_numpy(),
+                                uncertainty=t["uncertainty"].to_numpy(), pred=t["pred"].to_numpy(dtype=float),
+                                regions=t["region"].to_numpy(), risk=t["risk"].to_numpy(),
+                                high_risk=t["high_risk"].to_numpy(), title=str(name), image=img, image_scale=scale)
+        typer.echo(f"maps: {png}")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="finished run directory (predictions.csv, metrics.json, config.yaml)"),
+           base_dir: Optional[Path] = typer.Option(None, "--base-dir", help="where the config's relative data paths start (default: working directory)"),
+           boundary_pitches: float = typer.Option(1.0, "--boundary-pitches", help="boundary = spots within this many pitches of the other class"),
+           k_hops: Optional[int] = typer.Option(None, "--k-hops", help="boundary by hops on the scale-1 graph instead of distance"),
+           max_spread: float = typer.Option(0.1, "--max-spread", help="high-risk needs spread over seeds (std) <= this")):
+    """Write RUN_DIR/report.html (self-contained), regions.csv, high_risk.csv and boundary.csv."""
+    from spagraph.regions import RegionSettings
+    from spagraph.report import write_report
+    try:
+        path = write_report(run_dir, base_dir=base_dir,
+                            settings=RegionSettings(distance_pitches=boundary_pitches, k_hops=k_hops, max_spread=max_spread))
+    except (ValueError, FileNotFoundError, OSError) as e:
+        _fail(str(e))
+    import pandas as pd
+    bt = pd.read_csv(run_dir / "boundary.csv")
+    for _, r in bt.iterrows():
+        typer.echo(f"{r['slice']}: boundary Dice {r['dice_mean']:.3f}  F1(+-1 pitch) {r['f1_tol_mean']:.3f}  (mean over seeds)")
+    typer.echo(f"report: {path}\nregions: {run_dir / 'regions.csv'}\nhigh-risk: {run_dir / 'high_risk.csv'}")
+
+
 def main() -> None:  # console-script entry point
     app()
 
