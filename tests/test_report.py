@@ -101,3 +101,10 @@ def test_boundary_numbers_match_the_planted_interface(run):
 def test_report_rejects_incomplete_run_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing predictions.csv"):
         write_report(tmp_path, slices={})
+
+
+def test_report_cli_clear_error_on_non_run_dir(tmp_path):
+    from typer.testing import CliRunner
+    from spagraph.cli import app
+    r = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert r.exit_code == 2 and "not a finished run directory" in r.output
