@@ -81,7 +81,8 @@ def _protocol_text(ra: RunAnalysis) -> str:
     m, c = ra.metrics, ra.config
     seeds = c.get("train", {}).get("seeds", [])
     folds = m.get("folds", {}) or {}
-    thr = c.get("threshold", {}).get("method", m.get("threshold_method"))
+    thr = (c.get("threshold") or {}).get("method") or m.get("threshold_method") or ", ".join(
+        sorted({str(r.get("threshold_method")) for r in m.get("per_slice", []) if r.get("threshold_method")})) or "?"
     parts = [f"Protocol <b>{html.escape(str(m.get('protocol', c.get('protocol', {}).get('kind', '?'))))}</b>"
              f" with {len(folds) or '?'} fold(s) &times; {len(seeds)} seed(s) {html.escape(str(seeds))}."]
     if m.get("protocol") == "loso":
@@ -227,7 +228,8 @@ def write_report(run_dir: str | Path, slices: dict | None = None, base_dir: Path
             "<h2>Protocol</h2>", f"<p>{_protocol_text(ra)}</p>", _fold_table(ra),
             "<h2>Metrics</h2>", _metrics_section(ra)]
     if overview:
-        secs += ["<h2>Curves</h2>"] + [_img(p, p.stem) for p in overview]
+        secs += ["<h2>Curves</h2>", '<div style="display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start">'
+                 + "".join(_img(p, p.stem) for p in overview) + "</div>"]
     secs += ["<h2>Regions and boundary agreement</h2>", _boundary_section(ra),
              "<h2>High-risk spots</h2>", _risk_section(ra),
              "<h2>Slices</h2>",

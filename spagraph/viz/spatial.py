@@ -81,7 +81,8 @@ def _legend(ax, items, loc="lower left"):
     from matplotlib.lines import Line2D
     ax.legend(handles=[Line2D([], [], marker="o", ls="", markersize=7, markerfacecolor=c, markeredgecolor="#333333",
                               markeredgewidth=0.4, label=l) for l, c in items],
-              loc=loc, fontsize=7, frameon=True, framealpha=0.85, borderaxespad=0.3)
+              loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(items), 4), fontsize=7, frameon=False,
+              handletextpad=0.2, columnspacing=0.8, borderaxespad=0.2)
 
 
 def _rgba(hexes, alpha):
