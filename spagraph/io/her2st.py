@@ -1,0 +1,161 @@
+"""Reader for the legacy Spatial Transcriptomics layout of the her2st study.
+
+root/
+  counts/<S>.tsv.gz                 spots x genes raw counts; first column spot id "<x>x<y>"
+  spots/<S>_selection.tsv           x y new_x new_y pixel_x pixel_y selected
+  labels/<S>_labeled_coordinates.tsv  Row.names x y pixel_x pixel_y label   (optional)
+  images/<S>.png|jpg                H&E (optional; may be a downscale of the full-res image)
+  clusters/<S>-cluster-annotation.tsv.gz  expression clusters (optional; never used as labels)
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from spagraph.io._checks import check_counts, parse_array_ids, read_table, sum_duplicate_genes, unique_spots
+from spagraph.io.labels import HER2ST, LabelSchema
+
+log = logging.getLogger("spagraph")
+
+# Width in pixels of the full-resolution H&E for sections whose shipped image is a downscale.
+# A1: the 2000 x 2138 PNG is a downscale of the 6954 x 7435 full-resolution image.
+FULLRES_WIDTH = {"A1": 6954}
+HIRES_MAX_SIDE = 2000
+
+
+def _load_image(path: Path, fullres_width: int | None):
+    """Load an RGB image; returns (hires array, hires scale factor from full-res px)."""
+    from PIL import Image, UnidentifiedImageError
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            full_w = fullres_width or w
+            scale = w / full_w
+            if max(w, h) > HIRES_MAX_SIDE:
+                f = HIRES_MAX_SIDE / max(w, h)
+                im = im.resize((max(1, round(w * f)), max(1, round(h * f))), Image.BILINEAR)
+                scale *= f
+            return np.asarray(im, dtype=np.uint8), float(scale), (full_w, round(h * full_w / w))
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path}: not a readable image: {e}") from None
+
+
+def read_her2st(root: str | Path, slice_name: str, label_schema: LabelSchema | dict | None = None,
+                image: bool = True) -> ad.AnnData:
+    """Read one her2st section into spagraph's AnnData convention (docs/conventions.md).
+
+    Spots are the rows of the count file that have a row in the spot selection file.
+    Label rows are matched by rounding their adjusted array coordinates; label rows with
+    ``NA`` coordinates or without a count row are counted and reported in a warning.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"her2st root directory not found: {root}")
+    schema = label_schema if isinstance(label_schema, LabelSchema) else (
+        LabelSchema.from_dict(label_schema) if label_schema else HER2ST)
+    cpath = root / "counts" / f"{slice_name}.tsv.gz"
+    if not cpath.exists():
+        avail = sorted(p.name.split(".")[0] for p in (root / "counts").glob("*.tsv.gz")) if (root / "counts").is_dir() else []
+        raise FileNotFoundError(f"count file not found: {cpath}" + (f"; slices present: {avail}" if avail else ""))
+    counts = read_table(cpath, what="count matrix", sep="\t", index_col=0)
+    if counts.shape[1] == 0:
+        raise ValueError(f"{cpath}: count matrix has no gene columns (is it tab-separated?)")
+    counts.index = counts.index.astype(str)
+    unique_spots(counts.index, cpath)
+    arr = parse_array_ids(counts.index, cpath)
+    X = check_counts(counts.to_numpy(), cpath, counts.index)
+    X, genes = sum_duplicate_genes(X, counts.columns, cpath)
+
+    spath = root / "spots" / f"{slice_name}_selection.tsv"
+    sel = read_table(spath, ["x", "y", "pixel_x", "pixel_y"], what="spot selection", sep="\t")
+    sel.index = sel["x"].astype(int).astype(str) + "x" + sel["y"].astype(int).astype(str)
+    sel = sel[~sel.index.duplicated()]
+    missing = counts.index[~counts.index.isin(sel.index)]
+    if len(missing):
+        raise ValueError(f"{cpath}: {len(missing)} spot(s) have counts but no row in {spath}, e.g. {list(missing[:5])}")
+    xy = sel.loc[counts.index, ["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+    if not np.isfinite(xy).all():
+        bad = counts.index[~np.isfinite(xy).all(1)]
+        raise ValueError(f"{spath}: spot(s) {list(bad[:5])} have no pixel coordinates")
+
+    a = ad.AnnData(X=X, obs=pd.DataFrame(index=counts.index.copy()), var=pd.DataFrame(index=genes))
+    a.obs["array_x"], a.obs["array_y"] = arr[:, 0], arr[:, 1]
+    a.obsm["spatial"] = xy
+
+    _attach_labels(a, root / "labels" / f"{slice_name}_labeled_coordinates.tsv", schema)
+
+    # legacy ST: 100 um spots on a 200 um centre-to-centre grid -> diameter = half the pitch
+    from spagraph.graph.neighbours import spot_pitch
+    pitch = spot_pitch(xy) if len(xy) > 1 else 1.0
+    scalefactors = {"spot_diameter_fullres": 0.5 * pitch, "tissue_hires_scalef": 1.0, "tissue_lowres_scalef": 1.0}
+    images, image_path = {}, None
+    if image:
+        for ext in ("png", "jpg", "jpeg", "tif", "tiff"):
+            p = root / "images" / f"{slice_name}.{ext}"
+            if p.exists():
+                img, scale, full_size = _load_image(p, FULLRES_WIDTH.get(slice_name))
+                inside = (xy >= 0).all(1) & (xy[:, 0] < full_size[0]) & (xy[:, 1] < full_size[1])
+                if not inside.all():
+                    bad = a.obs_names[~inside]
+                    raise ValueError(f"{p}: {len(bad)} spot centre(s) of {spath} fall outside the image "
+                                     f"({full_size[0]}x{full_size[1]} full-res px), e.g. {list(bad[:3])}")
+                images["hires"] = img
+                scalefactors["tissue_hires_scalef"] = scale
+                scalefactors["tissue_lowres_scalef"] = scale
+                image_path = str(p) if scale == 1.0 or FULLRES_WIDTH.get(slice_name) is None else None
+                break
+    a.uns["spatial"] = {slice_name: {"images": images, "scalefactors": scalefactors,
+                                     "metadata": {"source": "her2st legacy ST"}}}
+    a.uns["spagraph_slice"] = {"library_id": slice_name, "platform": "legacy_st", "source": str(root),
+                               "has_image": bool(images), **({"image_path": image_path} if image_path else {})}
+    _attach_clusters(a, root / "clusters" / f"{slice_name}-cluster-annotation.tsv.gz")
+    return a
+
+
+def _attach_labels(a: ad.AnnData, lpath: Path, schema: LabelSchema) -> None:
+    if not lpath.exists():
+        a.obs["annotation"] = pd.Categorical([np.nan] * a.n_obs)
+        a.obs["label_class"] = pd.Categorical([np.nan] * a.n_obs)
+        a.obs["cancer"] = pd.array([pd.NA] * a.n_obs, dtype="Int8")
+        return
+    lab = read_table(lpath, ["x", "y", "label"], what="label table", sep="\t")
+    na = lab["x"].isna() | lab["y"].isna()
+    if na.any():
+        warnings.warn(f"{lpath}: {int(na.sum())} label row(s) with NA coordinates ignored")
+    lab = lab[~na]
+    try:
+        ids = lab["x"].astype(float).round().astype(int).astype(str) + "x" + lab["y"].astype(float).round().astype(int).astype(str)
+    except ValueError as e:
+        raise ValueError(f"{lpath}: label coordinates x/y must be numbers: {e}") from None
+    lab.index = ids
+    dup = lab.index.duplicated()
+    if dup.any():
+        warnings.warn(f"{lpath}: {int(dup.sum())} label row(s) round to an already labelled spot; first kept")
+        lab = lab[~dup]
+    orphan = ~lab.index.isin(a.obs_names)
+    if orphan.all():
+        raise ValueError(f"{lpath}: no label row matches a spot of the count matrix (after rounding x, y to spot ids)")
+    if orphan.any():
+        warnings.warn(f"{lpath}: {int(orphan.sum())} label row(s) have no count row (spots without counts); ignored")
+    ann = lab["label"].reindex(a.obs_names)
+    a.obs["annotation"] = pd.Categorical(ann)
+    cls, canc = schema.apply(ann, str(lpath))
+    a.obs["label_class"] = cls
+    a.obs["cancer"] = canc.to_numpy()
+
+
+def _attach_clusters(a: ad.AnnData, cpath: Path) -> None:
+    if not cpath.exists():
+        return
+    cl = read_table(cpath, ["label"], what="cluster annotation", sep="\t", index_col=0)
+    if "x" in cl and "y" in cl:
+        cl.index = cl["x"].astype(int).astype(str) + "x" + cl["y"].astype(int).astype(str)
+    cl = cl[~cl.index.duplicated()]
+    a.obs["cluster_annotation"] = pd.Categorical(cl["label"].reindex(a.obs_names).astype("string"))

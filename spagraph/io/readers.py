@@ -1,0 +1,179 @@
+"""Space Ranger and .h5ad readers, format dispatch, and a one-screen slice description."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from spagraph.io._checks import check_counts, read_table, sum_duplicate_genes, unique_spots
+from spagraph.io.labels import LabelSchema
+
+
+def read_spaceranger(outs: str | Path, annotation_csv: str | Path | None = None,
+                     label_schema: LabelSchema | dict | None = None, library_id: str | None = None) -> ad.AnnData:
+    """Read a 10x Space Ranger ``outs/`` folder (+ optional ``barcode,label`` annotation CSV)."""
+    import scanpy as sc
+    outs = Path(outs)
+    if not outs.is_dir():
+        raise FileNotFoundError(f"Space Ranger outs/ directory not found: {outs}")
+    h5 = outs / "filtered_feature_bc_matrix.h5"
+    mtx = outs / "filtered_feature_bc_matrix"
+    try:
+        if h5.exists():
+            a = sc.read_10x_h5(h5)
+            src = h5
+        elif mtx.is_dir():
+            a = sc.read_10x_mtx(mtx)
+            src = mtx
+        else:
+            raise FileNotFoundError(f"{outs}: neither filtered_feature_bc_matrix.h5 nor filtered_feature_bc_matrix/ found")
+    except (OSError, KeyError, ValueError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{outs}: cannot read the feature-barcode matrix: {e}") from None
+    a.obs_names = a.obs_names.astype(str)
+    unique_spots(a.obs_names, src)
+    X = a.X.toarray() if sp.issparse(a.X) else np.asarray(a.X)
+    X = check_counts(X, src, a.obs_names)
+    X, genes = sum_duplicate_genes(X, a.var_names, src)
+    spatial = outs / "spatial"
+    pos_file = next((p for p in (spatial / "tissue_positions.csv", spatial / "tissue_positions_list.csv") if p.exists()), None)
+    if pos_file is None:
+        raise FileNotFoundError(f"{spatial}: tissue_positions.csv / tissue_positions_list.csv not found")
+    cols = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
+    if pos_file.name == "tissue_positions.csv":
+        pos = read_table(pos_file, cols, what="tissue positions")
+    else:
+        pos = read_table(pos_file, what="tissue positions", header=None)
+        if pos.shape[1] != 6:
+            raise ValueError(f"{pos_file}: expected 6 columns {cols}, found {pos.shape[1]}")
+        pos.columns = cols
+    pos = pos.set_index(pos["barcode"].astype(str))
+    missing = a.obs_names[~a.obs_names.isin(pos.index)]
+    if len(missing):
+        raise ValueError(f"{pos_file}: {len(missing)} barcode(s) of the matrix have no position, e.g. {list(missing[:3])}")
+    pos = pos.loc[a.obs_names]
+    sf_file = spatial / "scalefactors_json.json"
+    try:
+        sf = json.loads(sf_file.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"scale factors not found: {sf_file}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{sf_file}: not valid JSON: {e}") from None
+    for k in ("tissue_hires_scalef", "spot_diameter_fullres"):
+        if k not in sf:
+            raise ValueError(f"{sf_file}: missing key {k!r}")
+    out = ad.AnnData(X=X, obs=pd.DataFrame(index=a.obs_names.copy()), var=pd.DataFrame(index=genes))
+    out.obs["array_row"], out.obs["array_col"] = pos["array_row"].to_numpy(), pos["array_col"].to_numpy()
+    out.obsm["spatial"] = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
+    images = {}
+    from PIL import Image
+    for key, name in (("hires", "tissue_hires_image.png"), ("lowres", "tissue_lowres_image.png")):
+        p = spatial / name
+        if p.exists():
+            try:
+                images[key] = np.asarray(Image.open(p).convert("RGB"))
+            except OSError as e:
+                raise ValueError(f"{p}: not a readable image: {e}") from None
+    if "hires" in images:
+        h, w = images["hires"].shape[:2]
+        full = out.obsm["spatial"] * float(sf["tissue_hires_scalef"])
+        outside = (full[:, 0] < 0) | (full[:, 1] < 0) | (full[:, 0] >= w) | (full[:, 1] >= h)
+        if outside.any():
+            raise ValueError(f"{pos_file}: {int(outside.sum())} spot(s) fall outside tissue_hires_image.png "
+                             f"({w}x{h}), e.g. {list(out.obs_names[outside][:3])}")
+    lib = library_id or outs.parent.name or "visium"
+    out.uns["spatial"] = {lib: {"images": images, "scalefactors": {
+        "tissue_hires_scalef": float(sf["tissue_hires_scalef"]),
+        "tissue_lowres_scalef": float(sf.get("tissue_lowres_scalef", sf["tissue_hires_scalef"])),
+        "spot_diameter_fullres": float(sf["spot_diameter_fullres"])}}}
+    out.uns["spagraph_slice"] = {"library_id": lib, "platform": "visium", "source": str(outs), "has_image": bool(images)}
+    attach_annotation_csv(out, annotation_csv, label_schema)
+    return out
+
+
+def attach_annotation_csv(a: ad.AnnData, path, label_schema=None) -> None:
+    """Labels from a ``barcode,label`` CSV into obs annotation / label_class / cancer."""
+    schema = label_schema if isinstance(label_schema, LabelSchema) else LabelSchema.from_dict(label_schema)
+    if path is None:
+        a.obs["annotation"] = pd.Categorical([np.nan] * a.n_obs)
+        a.obs["label_class"] = pd.Categorical([np.nan] * a.n_obs)
+        a.obs["cancer"] = pd.array([pd.NA] * a.n_obs, dtype="Int8")
+        return
+    df = read_table(Path(path), what="annotation CSV")
+    if df.shape[1] < 2:
+        raise ValueError(f"{path}: expected two columns (barcode, label), found {list(df.columns)}")
+    df = df.iloc[:, :2]
+    df.columns = ["barcode", "label"]
+    df = df.set_index(df["barcode"].astype(str))
+    hit = df.index.isin(a.obs_names)
+    if not hit.any():
+        raise ValueError(f"{path}: no barcode matches a spot of the slice (e.g. {list(df.index[:3])} vs {list(a.obs_names[:3])})")
+    if (~hit).any():
+        import warnings
+        warnings.warn(f"{path}: {int((~hit).sum())} annotation row(s) match no spot; ignored")
+    ann = df["label"].reindex(a.obs_names)
+    a.obs["annotation"] = pd.Categorical(ann)
+    cls, canc = schema.apply(ann, str(path))
+    a.obs["label_class"], a.obs["cancer"] = cls, canc.to_numpy()
+
+
+def read_h5ad(path: str | Path) -> ad.AnnData:
+    """Read an ``.h5ad`` already in spagraph's convention (validated)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"h5ad not found: {path}")
+    try:
+        a = ad.read_h5ad(path)
+    except Exception as e:  # h5py raises OSError / KeyError variants on corrupt files
+        raise ValueError(f"{path}: not a readable .h5ad file: {e}") from None
+    if "spatial" not in a.obsm:
+        raise ValueError(f"{path}: obsm['spatial'] (spot centres in full-res pixels) is missing")
+    if a.n_obs == 0:
+        raise ValueError(f"{path}: the slice has no spots")
+    unique_spots(a.obs_names, path)
+    if "cancer" in a.obs:
+        a.obs["cancer"] = pd.array(a.obs["cancer"].astype("Float64").round(), dtype="Int8")
+    a.uns.setdefault("spagraph_slice", {"library_id": path.stem, "platform": "unknown", "source": str(path),
+                                        "has_image": any(v.get("images") for v in a.uns.get("spatial", {}).values())})
+    return a
+
+
+def read_slice(path: str | Path, slice_name: str | None = None, **kw) -> ad.AnnData:
+    """Read a slice from a her2st root (+ slice name), a Space Ranger ``outs/`` or an ``.h5ad``."""
+    from spagraph.io.her2st import read_her2st
+    path = Path(path)
+    if path.suffix == ".h5ad":
+        return read_h5ad(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or directory: {path}")
+    if (path / "counts").is_dir():
+        if not slice_name:
+            names = sorted(p.name.split(".")[0] for p in (path / "counts").glob("*.tsv.gz"))
+            raise ValueError(f"{path} is a her2st-style root: pass --slice (one of {names})")
+        return read_her2st(path, slice_name, **kw)
+    if (path / "spatial").is_dir() or (path / "outs").is_dir():
+        return read_spaceranger(path / "outs" if (path / "outs").is_dir() else path, **kw)
+    raise ValueError(f"{path}: not a recognised slice (expected a .h5ad, a her2st root with counts/, "
+                     "or a Space Ranger outs/ with spatial/)")
+
+
+def describe_slice(a: ad.AnnData) -> str:
+    """Spots, genes, image size and label counts, as text."""
+    meta = a.uns.get("spagraph_slice", {})
+    lines = [f"slice {meta.get('library_id', '?')} ({meta.get('platform', '?')}): {a.n_obs} spots x {a.n_vars} genes"]
+    imgs = [(k, v.shape) for lib in a.uns.get("spatial", {}).values() for k, v in lib.get("images", {}).items()]
+    lines.append("image: " + (", ".join(f"{k} {s[1]}x{s[0]}" for k, s in imgs) if imgs else "none"))
+    if "annotation" in a.obs and a.obs["annotation"].notna().any():
+        vc = a.obs["annotation"].value_counts()
+        lines.append(f"labelled spots: {int(a.obs['annotation'].notna().sum())}")
+        lines += [f"  {k}: {v}" for k, v in vc.items() if v]
+        c = a.obs["cancer"]
+        lines.append(f"cancer: {int((c == 1).sum())}  non-cancer: {int((c == 0).sum())}  undetermined/NA: {int(c.isna().sum())}")
+    else:
+        lines.append("labels: none")
+    return "\n".join(lines)
