@@ -113,6 +113,7 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(1e-2, ge=0)
     patience: int = Field(15, ge=1)
     min_epochs: int = Field(5, ge=1)
+    val_smoothing: int = Field(1, ge=1)
     focal_gamma: float = Field(0.0, ge=0)
     class_weight: bool = True
     batch_mode: Literal["auto", "full", "tiles"] = "auto"

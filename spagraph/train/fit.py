@@ -23,6 +23,7 @@ class TrainSettings:
     weight_decay: float = 1e-2
     patience: int = 15            # early stopping on validation AUC (epochs without gain)
     min_epochs: int = 5
+    val_smoothing: int = 1        # choose the epoch by the mean validation AUC of the last k epochs
     focal_gamma: float = 0.0      # > 0: focal loss
     class_weight: bool = True     # pos_weight = n_neg / n_pos of the training spots
     batch_mode: str = "auto"      # "full" | "tiles" | "auto" (tiles above max_full_nodes)
@@ -167,6 +168,10 @@ def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: Tr
         auc = validation_auc(model, val, s) if val else None
         rec["val_auc"] = auc
         history.append(rec)
+        if auc is not None and s.val_smoothing > 1:
+            recent = [h["val_auc"] for h in history[-s.val_smoothing:] if h["val_auc"] is not None]
+            auc = float(np.mean(recent))
+            rec["val_auc_smoothed"] = auc
         improved = auc is not None and auc > best_auc + 1e-6
         if improved or (auc is None and not val):
             best_auc = auc if auc is not None else best_auc
