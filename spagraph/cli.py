@@ -5,6 +5,9 @@ so that ``spagraph --help`` is fast.
 """
 from __future__ import annotations
 
+import functools
+import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -19,7 +22,44 @@ def _fail(msg: str) -> None:
     raise typer.Exit(code=2)
 
 
+@contextmanager
+def _guard():
+    """Turn any error escaping a command into ``error: ...`` and exit code 2 (no traceback).
+
+    Expected problems (bad config, bad file, bad data) carry their own message. Anything else is
+    named by its type; ``SPAGRAPH_DEBUG=1`` re-raises it with the full traceback.
+    """
+    import click
+    try:
+        yield
+    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, typer.Exit):
+        raise
+    except KeyboardInterrupt:
+        typer.secho("interrupted", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=130)
+    except Exception as e:  # noqa: BLE001 - the CLI boundary
+        if os.environ.get("SPAGRAPH_DEBUG"):
+            raise
+        expected = (ValueError, FileNotFoundError, OSError, ImportError, KeyError)
+        msg = str(e) if isinstance(e, expected) and str(e) else f"{type(e).__name__}: {e}"
+        if isinstance(e, ModuleNotFoundError):
+            msg = f"missing module: {e.name or e} (this command needs it; is the package complete?)"
+        elif not isinstance(e, expected):
+            msg += "  (unexpected; rerun with SPAGRAPH_DEBUG=1 for the traceback)"
+        _fail(msg)
+
+
+def _guarded(fn):
+    """Decorator form of :func:`_guard` for command functions (keeps the signature for typer)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _guard():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
 @app.command()
+@_guarded
 def fetch(dataset: str = typer.Argument(..., help="dataset card name (datasets/<name>.yaml) or path to a card"),
           dest: Path = typer.Option(..., "--dest", help="directory to download into"),
           mirror: Optional[str] = typer.Option(None, help="base URL/dir replacing the card's base URL (e.g. file:///mirror)")):
@@ -32,6 +72,7 @@ def fetch(dataset: str = typer.Argument(..., help="dataset card name (datasets/<
 
 
 @app.command()
+@_guarded
 def info(path: Path = typer.Argument(..., help="her2st root, Space Ranger outs/, or .h5ad"),
          slice: Optional[str] = typer.Option(None, "--slice", help="slice name (her2st layout)")):
     """Print spots, genes, image size and label counts of one slice."""
@@ -44,6 +85,7 @@ def info(path: Path = typer.Argument(..., help="her2st root, Space Ranger outs/,
 
 
 @app.command()
+@_guarded
 def run(config: Path = typer.Argument(..., help="experiment YAML (see experiments/)"),
         out: Optional[Path] = typer.Option(None, "--out", help="output directory (default: the YAML's 'out', else runs/<name>)"),
         set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key: --set train.lr=3e-4 (repeatable)"),
@@ -80,8 +122,9 @@ def run(config: Path = typer.Argument(..., help="experiment YAML (see experiment
 
 
 @app.command()
+@_guarded
 def tune(config: Path = typer.Argument(..., help="experiment YAML with a 'search:' block"),
-         trials: int = typer.Option(20, "--trials", help="total finished trials wanted in the study"),
+         trials: int = typer.Option(20, "--trials", min=1, help="total finished trials wanted in the study (>= 1)"),
          storage: Optional[str] = typer.Option(None, "--storage", help="optuna storage URL (default sqlite:///OUT/study.db)"),
          out: Path = typer.Option(Path("runs/tune"), "--out", help="output directory (best.yaml, study.png)"),
          set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key before searching"),
@@ -105,6 +148,7 @@ def tune(config: Path = typer.Argument(..., help="experiment YAML with a 'search
 
 
 @app.command()
+@_guarded
 def predict(model_dir: Path = typer.Argument(..., help="saved model folder (RUN/models/<fold>_s<seed>) or a folder of them (seed ensemble)"),
             slice_path: Path = typer.Argument(..., metavar="SLICE", help="her2st root, Space Ranger outs/, or .h5ad"),
             slice: Optional[str] = typer.Option(None, "--slice", help="slice name (her2st layout)"),
@@ -148,6 +192,7 @@ def predict(model_dir: Path = typer.Argument(..., help="saved model folder (RUN/
 
 
 @app.command()
+@_guarded
 def report(run_dir: Path = typer.Argument(..., help="finished run directory (predictions.csv, metrics.json, config.yaml)"),
            base_dir: Optional[Path] = typer.Option(None, "--base-dir", help="where the config's relative data paths start (default: working directory)"),
            boundary_pitches: float = typer.Option(1.0, "--boundary-pitches", help="boundary = spots within this many pitches of the other class"),

@@ -67,11 +67,31 @@ class DataConfig(_Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+IMAGE_ENCODERS = ("handcrafted", "uni2h", "timm:<model name>")
+GENE_ENCODERS = ("hvg", "pca", "sentence", "omiclip")
+
+
 class EmbedConfig(_Strict):
     image_encoder: Optional[str] = "handcrafted"
     gene_encoder: str = "pca"
     settings: dict[str, Any] = Field(default_factory=dict)
     cache_dir: Optional[str] = None
+
+    @field_validator("image_encoder")
+    @classmethod
+    def _known_image(cls, v):
+        if v is None:
+            return v
+        if v in ("handcrafted", "uni2h") or (v.startswith("timm:") and v[5:].strip()):
+            return v
+        raise ValueError(f"unknown image encoder {v!r}; known: {', '.join(IMAGE_ENCODERS)} (or null: no image)")
+
+    @field_validator("gene_encoder")
+    @classmethod
+    def _known_gene(cls, v):
+        if v not in GENE_ENCODERS:
+            raise ValueError(f"unknown gene encoder {v!r}; known: {', '.join(GENE_ENCODERS)}")
+        return v
 
 
 class GraphConfig(_Strict):
@@ -180,6 +200,10 @@ def _compose(path: Path) -> tuple[Any, dict[tuple, str]]:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"experiment file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory; expected an experiment YAML file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the experiment file: {e}") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -228,6 +252,9 @@ def _load_raw(path: Path, seen: tuple = ()) -> tuple[dict, dict]:
     if not isinstance(parent, str):
         raise ConfigError(f"{lines.get(('extends',), path)}: 'extends' must be a path to another YAML")
     ppath = (path.parent / parent)
+    if not ppath.is_file():
+        raise ConfigError(f"{lines.get(('extends',), path)}: 'extends: {parent}' names a missing file "
+                          f"({ppath.resolve()})")
     base, blines = _load_raw(ppath, seen + (path,))
     blines.update(lines)
     return _merge(base, data), blines

@@ -175,6 +175,32 @@ def secondary_undetermined_as_negative(pred: pd.DataFrame, slices: dict) -> dict
     return {"auc": float(np.mean(aucs)) if aucs else None, "ap": float(np.mean(aps)) if aps else None}
 
 
+WEIGHT_SETTINGS = {"weights": "image encoder", "omiclip_weights": "gene encoder 'omiclip'",
+                   "text_model": "gene encoder 'sentence'"}
+
+
+def check_inputs(cfg: ExperimentConfig) -> None:
+    """Fail at the start of a run, not deep inside a fold, on local files the config names but lacks."""
+    st = cfg.embed.settings or {}
+    uses = {"weights": cfg.embed.image_encoder is not None and cfg.embed.image_encoder != "handcrafted",
+            "omiclip_weights": cfg.embed.gene_encoder == "omiclip",
+            "text_model": cfg.embed.gene_encoder == "sentence"}
+    for key, what in WEIGHT_SETTINGS.items():
+        v = st.get(key)
+        if not uses[key] or v is None:
+            continue
+        if not isinstance(v, str) or not v.strip():
+            raise ValueError(f"embed.settings.{key}: expected a path to a local file for the {what}, got {v!r}")
+        if key == "text_model" and "/" not in v and not v.startswith((".", "~")):
+            continue   # a model name, resolved by sentence-transformers
+        if not Path(v).expanduser().exists():
+            raise FileNotFoundError(f"embed.settings.{key}: weights file for the {what} "
+                                    f"({cfg.embed.image_encoder if key == 'weights' else cfg.embed.gene_encoder}) "
+                                    f"not found: {v} (relative paths start at {Path.cwd()})")
+    if cfg.embed.gene_encoder == "omiclip" and not st.get("omiclip_weights"):
+        raise ValueError("gene encoder 'omiclip' needs embed.settings.omiclip_weights: a local path to the OmiCLIP checkpoint")
+
+
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
                    on_epoch: Callable | None = None, tracker=None, base_dir: Path | None = None,
                    write_maps: bool = True, save_models: bool = False) -> dict:
@@ -186,6 +212,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fa
     """
     from spagraph.experiment.tracking import NullTracker
     from spagraph.experiment.progress import RunProgress
+    check_inputs(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "folds").mkdir(exist_ok=True)

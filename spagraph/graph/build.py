@@ -47,7 +47,10 @@ def build_slice_graph(adata, settings: GraphSettings | None = None, img_key: str
     if "spatial" not in adata.obsm:
         raise ValueError(f"slice {name or ''}: obsm['spatial'] (spot centres) is missing")
     pos = np.asarray(adata.obsm["spatial"], dtype=np.float64)
-    pitch = spot_pitch(pos)
+    try:
+        pitch = spot_pitch(pos)
+    except ValueError as e:
+        raise ValueError(f"slice {name or '(unnamed)'}: obsm['spatial']: {e}") from None
     edges = multiscale_edges(pos, settings.scales, settings.n_dir_bins, pitch=pitch, shells=settings.shells)
 
     def _feat(key):

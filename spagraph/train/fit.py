@@ -135,8 +135,9 @@ def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: Tr
     ys = torch.cat([g.y[g.label_mask] for g in train])
     n_pos, n_neg = float((ys == 1).sum()), float((ys == 0).sum())
     if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"training slices hold a single class ({int(n_pos)} cancer, {int(n_neg)} non-cancer spots): "
-                         "cannot train a classifier")
+        names = [str(getattr(g, "name", None) or i) for i, g in enumerate(train)]
+        raise ValueError(f"training slices {names} hold a single class ({int(n_pos)} cancer, {int(n_neg)} non-cancer "
+                         "labelled spots): cannot train a classifier")
     pos_weight = n_neg / n_pos if s.class_weight else 1.0
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -148,6 +149,8 @@ def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: Tr
         bad, history, start_epoch = init_state["bad"], init_state["history"], init_state["epoch"] + 1
         rng.bit_generator.state = init_state["rng"]; gen.set_state(init_state["gen"])
         torch.set_rng_state(init_state["torch_rng"])
+    if init_state is not None and val and bad >= s.patience and start_epoch >= s.min_epochs:
+        start_epoch = s.epochs   # the checkpointed epoch had already met the early-stopping rule
     for epoch in range(start_epoch, s.epochs):
         model.train()
         losses = []

@@ -26,15 +26,26 @@ def binary_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict:
     out: dict = {"n": int(len(y)), "n_pos": int(y.sum()), "threshold": float(threshold), "undefined": []}
     tp = int(((pred == 1) & (y == 1)).sum()); fp = int(((pred == 1) & (y == 0)).sum())
     fn = int(((pred == 0) & (y == 1)).sum()); tn = int(((pred == 0) & (y == 0)).sum())
+    if len(y) != len(score):
+        raise ValueError(f"binary_metrics: {len(y)} labels but {len(score)} scores")
+    bad = ~np.isfinite(score)
+    if bad.any():
+        raise ValueError(f"binary_metrics: {int(bad.sum())} of {len(score)} scores are NaN/Inf "
+                         f"(first at index {int(np.argmax(bad))})")
     one_class = len(np.unique(y)) < 2
+    collapsed = len(score) == 0 or np.ptp(score) == 0
     if one_class:
         out["auc"] = out["ap"] = None
-        out["undefined"].append("one class in labels: AUC/AP undefined")
+        out["undefined"].append(("no labelled spots" if len(y) == 0 else
+                                 f"one class in labels (all {int(y[0])}): AUC/AP undefined"))
+    elif collapsed:
+        # a constant score ranks nothing: reporting AUC 0.5 / AP = prevalence would hide the collapse
+        out["auc"] = out["ap"] = None
     else:
         out["auc"] = float(roc_auc_score(y, score))
         out["ap"] = float(average_precision_score(y, score))
-    if np.ptp(score) == 0 if len(score) else True:
-        out["undefined"].append("collapsed: all scores equal")
+    if collapsed:
+        out["undefined"].append("collapsed: all scores equal: AUC/AP undefined")
     out["f1"] = float(2 * tp / (2 * tp + fp + fn)) if (2 * tp + fp + fn) > 0 else None
     out["accuracy"] = float((tp + tn) / max(len(y), 1))
     out["sensitivity"] = float(tp / (tp + fn)) if (tp + fn) > 0 else None
