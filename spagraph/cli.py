@@ -213,6 +213,20 @@ def report(run_dir: Path = typer.Argument(..., help="finished run directory (pre
     typer.echo(f"report: {path}\nregions: {run_dir / 'regions.csv'}\nhigh-risk: {run_dir / 'high_risk.csv'}")
 
 
+@app.command()
+@_guarded
+def bench(suite: Path = typer.Argument(..., help="suite YAML listing experiments (see experiments/suites/)"),
+          out: Path = typer.Option(..., "--out", help="output directory: one folder per entry, table.md/csv, per_slice_auc.png"),
+          only: Optional[List[str]] = typer.Option(None, "--only", help="run only this entry now (repeatable); finished ones stay in the table"),
+          progress: bool = typer.Option(False, "--progress/--no-progress")):
+    """Run a benchmark suite (resumable) and write its accuracy table and per-slice AUC heat-map."""
+    from spagraph.bench import run_suite
+    from spagraph.bench.table import table_markdown
+    df = run_suite(suite, out, only=only, progress=progress)
+    typer.echo(table_markdown(df))
+    typer.echo(f"table: {out / 'table.md'}  {out / 'table.csv'}\nheat-map: {out / 'per_slice_auc.png'}")
+
+
 def main() -> None:  # console-script entry point
     app()
 

@@ -1,0 +1,110 @@
+"""Accuracy table (mean ± std over slices x seeds) and per-slice AUC heat-map of a suite."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from spagraph.train.metrics import mean_std
+from spagraph.utils import atomic_path, atomic_write_text
+
+TABLE_METRICS = ("auc", "ap", "f1")
+
+
+def suite_table(results: list[tuple[str, str, dict]]) -> pd.DataFrame:
+    """One row per method from ``(name, kind, metrics.json dict)`` triples.
+
+    Columns: method, kind, ``<m>_mean`` / ``<m>_std`` for AUC, AP, F1 (population std over
+    every defined slice x seed row), n_runs, n_slices, n_seeds, wall_time_s.
+    """
+    rows = []
+    for name, kind, m in results:
+        per = m.get("per_slice", [])
+        mean, std, count = mean_std(per, TABLE_METRICS)
+        row = {"method": name, "kind": kind}
+        for k in TABLE_METRICS:
+            row[f"{k}_mean"], row[f"{k}_std"], row[f"{k}_n"] = mean[k], std[k], count[k]
+        row["n_runs"] = len(per)
+        row["n_slices"] = len({r["slice"] for r in per})
+        row["n_seeds"] = len({r["seed"] for r in per})
+        row["wall_time_s"] = m.get("wall_time_s")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _pm(mu, sd) -> str:
+    if mu is None or (isinstance(mu, float) and np.isnan(mu)):
+        return "n/a"
+    return f"{mu:.3f} ± {sd:.3f}"
+
+
+def table_markdown(df: pd.DataFrame, notes: list[str] | None = None) -> str:
+    lines = ["| method | kind | AUC | AP | F1 | slices × seeds | wall time (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for _, r in df.iterrows():
+        wt = "—" if r["wall_time_s"] is None or pd.isna(r["wall_time_s"]) else f"{r['wall_time_s']:.0f}"
+        lines.append(f"| {r['method']} | {r['kind']} | {_pm(r['auc_mean'], r['auc_std'])} | "
+                     f"{_pm(r['ap_mean'], r['ap_std'])} | {_pm(r['f1_mean'], r['f1_std'])} | "
+                     f"{r['n_slices']} × {r['n_seeds']} | {wt} |")
+    text = "\n".join(lines) + "\n"
+    if notes:
+        text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    return text
+
+
+def per_slice_auc(results: list[tuple[str, str, dict]]) -> pd.DataFrame:
+    """Methods x slices matrix of AUC averaged over seeds (NaN where undefined / absent)."""
+    recs = [{"method": name, "slice": r["slice"], "auc": r.get("auc")}
+            for name, _, m in results for r in m.get("per_slice", [])]
+    df = pd.DataFrame(recs, columns=["method", "slice", "auc"])
+    df["auc"] = pd.to_numeric(df["auc"], errors="coerce")
+    mat = df.pivot_table(index="method", columns="slice", values="auc", aggfunc="mean", dropna=False)
+    order = [n for n, _, _ in results]
+    slices = list(dict.fromkeys(df["slice"]))
+    return mat.reindex(index=order, columns=slices)
+
+
+def plot_per_slice_auc(mat: pd.DataFrame, path: str | Path, title: str = "per-slice AUC (mean over seeds)") -> Path:
+    """Heat-map of a methods x slices AUC matrix, values annotated; colour-blind-safe 'cividis'."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    path = Path(path)
+    n_m, n_s = mat.shape
+    label_w = 0.075 * max((len(str(i)) for i in mat.index), default=4)
+    fig, ax = plt.subplots(figsize=(label_w + 1.5 + 0.85 * max(n_s, 3), 1.2 + 0.45 * max(n_m, 2)))
+    vals = mat.to_numpy(dtype=float)
+    finite = vals[np.isfinite(vals)]
+    lo = float(min(0.5, finite.min())) if finite.size else 0.5
+    im = ax.imshow(np.ma.masked_invalid(vals), cmap="cividis", vmin=lo, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(n_s), [str(c) for c in mat.columns], rotation=45, ha="right")
+    ax.set_yticks(range(n_m), [str(i) for i in mat.index])
+    mid = (lo + 1.0) / 2
+    for i in range(n_m):
+        for j in range(n_s):
+            v = vals[i, j]
+            ax.text(j, i, "n/a" if not np.isfinite(v) else f"{v:.2f}", ha="center", va="center", fontsize=8,
+                    color="black" if np.isfinite(v) and v > mid else "white")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, label="AUC", fraction=0.04, pad=0.02)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=130, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def write_tables(results: list[tuple[str, str, dict]], out_dir: str | Path, notes: list[str] | None = None) -> pd.DataFrame:
+    """``table.csv``, ``table.md`` and ``per_slice_auc.png`` (+ ``per_slice_auc.csv``) in ``out_dir``."""
+    out = Path(out_dir)
+    df = suite_table(results)
+    with atomic_path(out / "table.csv") as tmp:
+        df.to_csv(tmp, index=False)
+    atomic_write_text(out / "table.md", table_markdown(df, notes))
+    mat = per_slice_auc(results)
+    with atomic_path(out / "per_slice_auc.csv") as tmp:
+        mat.to_csv(tmp)
+    if mat.size:
+        plot_per_slice_auc(mat, out / "per_slice_auc.png")
+    return df
