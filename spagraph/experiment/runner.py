@@ -243,7 +243,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fa
                     rec = json.loads(jpath.read_text())
                     all_rows.extend(rec["rows"])
                     fold_reports.setdefault(fold.name, rec.get("fold", {}))
-                    all_preds.append(pd.read_csv(cpath, dtype={"spot": str, "slice": str}))
+                    all_preds.append(pd.read_csv(cpath, dtype={"spot": str, "slice": str, "label": "Int8"},
+                                                 float_precision="round_trip"))   # byte-identical rewrite
                     prog.advance_run(f"{fold.name} seed {seed} (resumed)")
                     continue
                 prog.start_run(f"{fold.name} seed {seed}")

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spagraph.utils import atomic_path, atomic_write_json
+from spagraph.utils import atomic_dir, atomic_path, atomic_write_json
 
 log = logging.getLogger("spagraph")
 
@@ -92,7 +92,6 @@ def save_model(model, cfg, graphs: dict, fold, path: str | Path, slices: dict | 
     from spagraph.experiment.config import dump_config
     from spagraph.experiment.runner import train_settings
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     ts = train_settings(cfg)
     vs, vthr = _validation_threshold(model, graphs, fold, ts)
     if gene_encoder is None and getattr(model, "d_gene", 0) > 0:
@@ -115,16 +114,14 @@ def save_model(model, cfg, graphs: dict, fold, path: str | Path, slices: dict | 
         "val_threshold": float(vthr), "n_val_scores": int(len(vs)),
         "threshold_method": cfg.threshold.method, "threshold_fixed": cfg.threshold.fixed,
     }
-    with atomic_path(path / "model.pt") as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    if gene_encoder is not None:
-        with atomic_path(path / "gene_encoder.pt") as tmp:
-            torch.save(gene_encoder.state_dict(), tmp)
-    with atomic_path(path / "val_scores.npy") as tmp:
-        with open(tmp, "wb") as fh:
+    with atomic_dir(path) as d:        # all files or none: a failure keeps the previous folder whole
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, d / "model.pt")
+        if gene_encoder is not None:
+            torch.save(gene_encoder.state_dict(), d / "gene_encoder.pt")
+        with open(d / "val_scores.npy", "wb") as fh:
             np.save(fh, np.asarray(vs, dtype=np.float64))
-    dump_config(cfg, path / "config.yaml")
-    atomic_write_json(path / "meta.json", meta)          # last: its presence marks a complete folder
+        dump_config(cfg, d / "config.yaml")
+        atomic_write_json(d / "meta.json", meta)          # last: its presence marks a complete folder
     return path
 
 
@@ -181,7 +178,7 @@ def load_models(path: str | Path, device: str = "cpu") -> list[SavedModel]:
     path = Path(path)
     if (path / "meta.json").exists():
         return [load_model(path, device)]
-    subs = sorted(p for p in path.iterdir() if (p / "meta.json").exists()) if path.is_dir() else []
+    subs = sorted(p for p in path.iterdir() if not p.name.startswith(".") and (p / "meta.json").exists()) if path.is_dir() else []
     if not subs:
         raise FileNotFoundError(f"{path}: no saved model here (expected model.pt + meta.json, or sub-folders holding them)")
     models = [load_model(p, device) for p in subs]
