@@ -33,12 +33,11 @@ def spot_pitch(pos: np.ndarray) -> float:
     if not np.isfinite(pos).all():
         bad = int((~np.isfinite(pos)).any(axis=1).sum())
         raise ValueError(f"{bad} spot(s) have NaN/Inf coordinates")
-    d, _ = cKDTree(pos).query(pos, k=2)
-    nn = d[:, 1]
-    nn = nn[nn > 0]
-    if len(nn) == 0:
+    distinct = np.unique(pos, axis=0)   # stacked duplicates must not hide the real neighbour distance
+    if len(distinct) < 2:
         raise ValueError("all spots share the same coordinates: cannot define a spot pitch")
-    return float(np.median(nn))
+    d, _ = cKDTree(distinct).query(distinct, k=2)
+    return float(np.median(d[:, 1]))
 
 
 def direction_bins(offset: np.ndarray, n_bins: int) -> np.ndarray:
