@@ -25,7 +25,8 @@ from spagraph.utils import atomic_path, atomic_write_json
 
 log = logging.getLogger("spagraph")
 
-METRIC_KEYS = ("auc", "ap", "f1", "f1_val_threshold", "accuracy", "sensitivity", "specificity")
+METRIC_KEYS = ("auc", "ap", "f1", "f1_val_threshold", "f1_quantile", "f1_fixed_0.5", "accuracy", "sensitivity",
+               "specificity")
 
 
 class EpochCallback:
@@ -124,21 +125,25 @@ def score_fold(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, score
     for t in fold.test:
         g, s = graphs[t], scores[t]
         method = cfg.threshold.method
+        q_thr, q_used = quantile_matched_threshold(vs, val_thr, s, "empirical" if method == "quantile_empirical" else "beta")
+        q_used = f"quantile_{q_used}" if not q_used.startswith("fallback") else q_used
         if method == "fixed":
             thr, used = cfg.threshold.fixed, "fixed"
         elif method == "val_f1":
             thr, used = val_thr, "val_f1"
         else:
-            thr, used = quantile_matched_threshold(vs, val_thr, s, "beta" if method == "quantile_beta" else "empirical")
-            used = f"quantile_{used}" if not used.startswith("fallback") else used
+            thr, used = q_thr, q_used
         y = g.y.numpy()
         m = ~np.isnan(y)
-        row = {"slice": t, "seed": seed, "threshold_method": used, "val_threshold": float(val_thr)}
+        row = {"slice": t, "seed": seed, "threshold_method": used, "val_threshold": float(val_thr),
+               "quantile_threshold": float(q_thr), "quantile_method": q_used}
         if m.any():
             r = binary_metrics(y[m].astype(int), s[m], thr)
-            r_val = binary_metrics(y[m].astype(int), s[m], val_thr)
             row.update(r)
-            row["f1_val_threshold"] = r_val["f1"]
+            # F1 under each label-free threshold rule, whichever one is primary
+            row["f1_val_threshold"] = binary_metrics(y[m].astype(int), s[m], val_thr)["f1"]
+            row["f1_quantile"] = binary_metrics(y[m].astype(int), s[m], q_thr)["f1"]
+            row["f1_fixed_0.5"] = binary_metrics(y[m].astype(int), s[m], 0.5)["f1"]
         else:
             row.update({"n": 0, "threshold": float(thr), "undefined": ["no labels on this slice"]})
         rows.append(row)
