@@ -49,3 +49,22 @@ def test_quantile_matching_monotone_and_bounded(val, tgt, t1, t2, method):
     b, _ = quantile_matched_threshold(v, max(t1, t2), t, method)
     assert 0 <= a <= 1 and 0 <= b <= 1
     assert a <= b + 1e-9
+
+
+def test_mixture_threshold_separates_two_populations_at_any_prevalence():
+    from spagraph.train.thresholds import mixture_threshold
+    rng = np.random.default_rng(0)
+    for frac in (0.2, 0.8):
+        n = 600
+        pos = rng.random(n) < frac
+        s = np.where(pos, rng.beta(8, 2, n), rng.beta(2, 8, n))
+        thr, method = mixture_threshold(s, fallback=0.9)
+        assert method == "mixture" and 0.3 < thr < 0.7
+        f1 = binary_metrics(pos.astype(int), s, thr)["f1"]
+        assert f1 > 0.9
+
+
+def test_mixture_threshold_falls_back_on_one_population():
+    from spagraph.train.thresholds import mixture_threshold
+    thr, method = mixture_threshold(np.full(50, 0.4), fallback=0.33)
+    assert (thr, method) == (0.33, "fallback_val_threshold")

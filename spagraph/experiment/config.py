@@ -149,7 +149,7 @@ class ProtocolConfig(_Strict):
 
 
 class ThresholdConfig(_Strict):
-    method: Literal["quantile_beta", "quantile_empirical", "val_f1", "fixed"] = "quantile_beta"
+    method: Literal["quantile_beta", "quantile_empirical", "mixture", "val_f1", "fixed"] = "quantile_beta"
     fixed: float = Field(0.5, ge=0, le=1)
 
 

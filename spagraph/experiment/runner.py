@@ -25,7 +25,7 @@ from spagraph.utils import atomic_path, atomic_write_json
 
 log = logging.getLogger("spagraph")
 
-METRIC_KEYS = ("auc", "ap", "f1", "f1_val_threshold", "f1_quantile", "f1_fixed_0.5", "accuracy", "sensitivity",
+METRIC_KEYS = ("auc", "ap", "f1", "f1_val_threshold", "f1_quantile", "f1_mixture", "f1_fixed_0.5", "accuracy", "sensitivity",
                "specificity")
 
 
@@ -113,7 +113,7 @@ def fit_predict(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, on_e
 def score_fold(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, scores: dict) -> tuple[list[dict], pd.DataFrame]:
     """Thresholds (validation labels only) and metrics (test labels only) for one fold and seed."""
     from spagraph.train.metrics import best_f1_threshold, binary_metrics
-    from spagraph.train.thresholds import quantile_matched_threshold
+    from spagraph.train.thresholds import mixture_threshold, quantile_matched_threshold
     if fold.val:
         vy = np.concatenate([graphs[n].y.numpy() for n in fold.val])
         vs = np.concatenate([scores[n] for n in fold.val])
@@ -127,8 +127,11 @@ def score_fold(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, score
         method = cfg.threshold.method
         q_thr, q_used = quantile_matched_threshold(vs, val_thr, s, "empirical" if method == "quantile_empirical" else "beta")
         q_used = f"quantile_{q_used}" if not q_used.startswith("fallback") else q_used
+        m_thr, m_used = mixture_threshold(s, val_thr)
         if method == "fixed":
             thr, used = cfg.threshold.fixed, "fixed"
+        elif method == "mixture":
+            thr, used = m_thr, m_used
         elif method == "val_f1":
             thr, used = val_thr, "val_f1"
         else:
@@ -136,13 +139,15 @@ def score_fold(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, score
         y = g.y.numpy()
         m = ~np.isnan(y)
         row = {"slice": t, "seed": seed, "threshold_method": used, "val_threshold": float(val_thr),
-               "quantile_threshold": float(q_thr), "quantile_method": q_used}
+               "quantile_threshold": float(q_thr), "quantile_method": q_used,
+               "mixture_threshold": float(m_thr), "mixture_method": m_used}
         if m.any():
             r = binary_metrics(y[m].astype(int), s[m], thr)
             row.update(r)
             # F1 under each label-free threshold rule, whichever one is primary
             row["f1_val_threshold"] = binary_metrics(y[m].astype(int), s[m], val_thr)["f1"]
             row["f1_quantile"] = binary_metrics(y[m].astype(int), s[m], q_thr)["f1"]
+            row["f1_mixture"] = binary_metrics(y[m].astype(int), s[m], m_thr)["f1"]
             row["f1_fixed_0.5"] = binary_metrics(y[m].astype(int), s[m], 0.5)["f1"]
         else:
             row.update({"n": 0, "threshold": float(thr), "undefined": ["no labels on this slice"]})

@@ -75,3 +75,30 @@ def quantile_matched_threshold(val_scores: np.ndarray, val_threshold: float, tar
     q = float(np.mean(v < val_threshold))
     thr = float(np.quantile(t, q, method="linear")) if q > 0 else float(t.min())
     return float(np.clip(thr, 0, 1)), "empirical"
+
+
+def mixture_threshold(target_scores: np.ndarray, fallback: float) -> tuple[float, str]:
+    """Label-free threshold from the target slice alone: a two-component Gaussian mixture on
+    logit scores; the threshold is where the two components' posteriors are equal.
+
+    Unlike quantile matching it does not assume the validation and target slices share
+    a cancer proportion. Returns ``(fallback, "fallback_val_threshold")`` when the scores do
+    not separate into two components (fewer than 10 spots, a component with < 2% weight,
+    or no crossing between the means).
+    """
+    from sklearn.mixture import GaussianMixture
+    s = np.clip(np.asarray(target_scores, dtype=float), 1e-6, 1 - 1e-6)
+    if len(s) < 10 or np.ptp(s) < 1e-6:
+        return float(np.clip(fallback, 0, 1)), "fallback_val_threshold"
+    z = np.log(s / (1 - s))[:, None]
+    gm = GaussianMixture(2, random_state=0, n_init=2).fit(z)
+    if gm.weights_.min() < 0.02:
+        return float(np.clip(fallback, 0, 1)), "fallback_val_threshold"
+    lo, hi = np.sort(gm.means_.ravel())
+    grid = np.linspace(lo, hi, 512)[:, None]
+    post = gm.predict_proba(grid)[:, int(np.argmax(gm.means_.ravel()))]
+    cross = np.flatnonzero(np.diff(np.sign(post - 0.5)) != 0)
+    if len(cross) == 0:
+        return float(np.clip(fallback, 0, 1)), "fallback_val_threshold"
+    t = float(grid[cross[0], 0])
+    return float(1 / (1 + np.exp(-t))), "mixture"
