@@ -1,5 +1,5 @@
 # README's two commands: `make demo` and `make test`. Both build .venv themselves.
-PY ?= python3.11
+PY ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -10,9 +10,8 @@ export HF_HUB_OFFLINE ?= 1
 .PHONY: install demo test test-all bench clean
 
 $(STAMP): pyproject.toml
-	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH (or: make PY=python3 ...)"; exit 1; }
+	@test -n "$(PY)" || { echo "need python3.11 (or python3) on PATH, or: make PY=/path/to/python ..."; exit 1; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e '.[dev,text]'
 	touch $(STAMP)
