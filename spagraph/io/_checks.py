@@ -54,6 +54,12 @@ def check_counts(X: np.ndarray, path: Path, spots) -> sp.csr_matrix:
         r = int(np.argwhere(frac)[0, 0])
         raise ValueError(f"{path}: non-integer counts ({int(frac.sum())} values), first at spot {spots[r]!r}; "
                          "spagraph expects raw UMI counts")
+    zero = X.sum(1) == 0
+    if zero.any():
+        # policy: zero-count spots are kept (they are real spots under tissue; the gene encoders
+        # normalise by max(library size, 1)), and reported so the user can filter them.
+        ids = [spots[i] for i in np.flatnonzero(zero)[:5]]
+        warnings.warn(f"{path}: {int(zero.sum())} spot(s) have zero counts in every gene, kept, e.g. {ids}")
     return sp.csr_matrix(X.astype(np.float32))
 
 
@@ -73,6 +79,29 @@ def sum_duplicate_genes(X: sp.csr_matrix, genes: pd.Index, path: Path) -> tuple[
     codes, uniq = pd.factorize(genes)
     M = sp.csr_matrix((np.ones(len(codes), np.float32), (np.arange(len(codes)), codes)), shape=(len(codes), len(uniq)))
     return (X @ M).tocsr(), pd.Index(uniq)
+
+
+def check_positions(xy: np.ndarray, path: Path, spots) -> float:
+    """Spot centres must be finite and spread out; returns the spot pitch (median nearest-neighbour
+    distance between distinct centres)."""
+    from scipy.spatial import cKDTree
+    xy = np.asarray(xy, dtype=np.float64)
+    bad = ~np.isfinite(xy).all(1)
+    if bad.any():
+        raise ValueError(f"{path}: spot(s) {[spots[i] for i in np.flatnonzero(bad)[:5]]} have NaN/Inf "
+                         "pixel coordinates")
+    if len(xy) < 2:
+        raise ValueError(f"{path}: the slice has only {len(xy)} spot ({list(spots)}); spagraph needs at least 2 "
+                         "spots (spot pitch, spatial graph)")
+    distinct = np.unique(xy, axis=0)
+    if len(distinct) < 2:
+        raise ValueError(f"{path}: all {len(xy)} spots share the same pixel coordinates {tuple(xy[0])}: "
+                         "positions are missing or zeroed (cannot define a spot pitch)")
+    if len(distinct) < 0.5 * len(xy):
+        raise ValueError(f"{path}: only {len(distinct)} distinct pixel positions for {len(xy)} spots: "
+                         "positions look broken (many spots stacked on one point)")
+    d, _ = cKDTree(distinct).query(distinct, k=2)
+    return float(np.median(d[:, 1]))
 
 
 _SPOT_RE = re.compile(r"^(\d+)x(\d+)$")

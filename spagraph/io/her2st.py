@@ -17,7 +17,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from spagraph.io._checks import check_counts, parse_array_ids, read_table, sum_duplicate_genes, unique_spots
+from spagraph.io._checks import check_counts, check_positions, parse_array_ids, read_table, sum_duplicate_genes, unique_spots
 from spagraph.io.labels import HER2ST, LabelSchema
 
 log = logging.getLogger("spagraph")
@@ -29,22 +29,31 @@ HIRES_MAX_SIDE = 2000
 
 
 def _load_image(path: Path, fullres_width: int | None):
-    """Load an RGB image; returns (hires array, hires scale factor from full-res px)."""
+    """Load an RGB image; a full-resolution file is reduced to HIRES_MAX_SIDE px on its long side.
+
+    Returns (hires uint8 array, hires scale factor from full-res px, full-res (w, h)). A large
+    JPEG is decoded directly at a reduced scale (PIL ``draft``), so a 9274 x 9911 section never
+    sits in memory at full resolution.
+    """
     from PIL import Image, UnidentifiedImageError
     Image.MAX_IMAGE_PIXELS = None
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
             w, h = im.size
             full_w = fullres_width or w
-            scale = w / full_w
-            if max(w, h) > HIRES_MAX_SIDE:
-                f = HIRES_MAX_SIDE / max(w, h)
-                im = im.resize((max(1, round(w * f)), max(1, round(h * f))), Image.BILINEAR)
-                scale *= f
-            return np.asarray(im, dtype=np.uint8), float(scale), (full_w, round(h * full_w / w))
-    except (UnidentifiedImageError, OSError) as e:
+            # a shipped downscale (known full-res width) is kept as it is; a full-res file is
+            # reduced to HIRES_MAX_SIDE (encoders read the full-res file through image_path)
+            f = 1.0 if fullres_width else min(1.0, HIRES_MAX_SIDE / max(w, h))
+            tw, th = max(1, round(w * f)), max(1, round(h * f))
+            if f < 1.0:
+                im.draft("RGB", (tw, th))       # JPEG: decode at 1/2, 1/4 or 1/8 scale (>= target)
+            im = im.convert("RGB")
+            if im.size != (tw, th):
+                im = im.resize((tw, th), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"{path}: not a readable image: {e}") from None
+    return arr, float(tw / full_w), (full_w, round(h * full_w / w))
 
 
 def read_her2st(root: str | Path, slice_name: str, label_schema: LabelSchema | dict | None = None,
@@ -80,10 +89,11 @@ def read_her2st(root: str | Path, slice_name: str, label_schema: LabelSchema | d
     missing = counts.index[~counts.index.isin(sel.index)]
     if len(missing):
         raise ValueError(f"{cpath}: {len(missing)} spot(s) have counts but no row in {spath}, e.g. {list(missing[:5])}")
-    xy = sel.loc[counts.index, ["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
-    if not np.isfinite(xy).all():
-        bad = counts.index[~np.isfinite(xy).all(1)]
-        raise ValueError(f"{spath}: spot(s) {list(bad[:5])} have no pixel coordinates")
+    try:
+        xy = sel.loc[counts.index, ["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+    except ValueError as e:
+        raise ValueError(f"{spath}: pixel_x / pixel_y must be numbers: {e}") from None
+    pitch = check_positions(xy, spath, counts.index)
 
     a = ad.AnnData(X=X, obs=pd.DataFrame(index=counts.index.copy()), var=pd.DataFrame(index=genes))
     a.obs["array_x"], a.obs["array_y"] = arr[:, 0], arr[:, 1]
@@ -92,8 +102,6 @@ def read_her2st(root: str | Path, slice_name: str, label_schema: LabelSchema | d
     _attach_labels(a, root / "labels" / f"{slice_name}_labeled_coordinates.tsv", schema)
 
     # legacy ST: 100 um spots on a 200 um centre-to-centre grid -> diameter = half the pitch
-    from spagraph.graph.neighbours import spot_pitch
-    pitch = spot_pitch(xy) if len(xy) > 1 else 1.0
     scalefactors = {"spot_diameter_fullres": 0.5 * pitch, "tissue_hires_scalef": 1.0, "tissue_lowres_scalef": 1.0}
     images, image_path = {}, None
     if image:
@@ -148,14 +156,62 @@ def _attach_labels(a: ad.AnnData, lpath: Path, schema: LabelSchema) -> None:
     a.obs["annotation"] = pd.Categorical(ann)
     cls, canc = schema.apply(ann, str(lpath))
     a.obs["label_class"] = cls
-    a.obs["cancer"] = canc.to_numpy()
+    a.obs["cancer"] = canc.array
+
+
+def read_cluster_names(path: Path) -> dict[tuple[str, int], str]:
+    """``clusters/motivation.csv``: (patient, cluster number) -> cluster name ("cancer 1", ...).
+
+    The file is not valid CSV (the free-text fields hold unquoted commas, so do the names,
+    e.g. "immune : APC, B-cell, T-cell"); the name is the text between the second comma and
+    the ",Marker genes" field that follows it, else up to the next comma.
+    """
+    out = {}
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8", errors="replace").splitlines()[1:], 2):
+        parts = line.split(",", 2)
+        if len(parts) < 3 or not line.strip():
+            continue
+        try:
+            key = (parts[0].strip(), int(parts[1]))
+        except ValueError:
+            raise ValueError(f"{path}: line {i}: cluster number {parts[1]!r} is not an integer") from None
+        rest = parts[2]
+        j = rest.lower().find(",marker genes")
+        out[key] = (rest[:j] if j >= 0 else rest.split(",")[0]).strip()
+    return out
 
 
 def _attach_clusters(a: ad.AnnData, cpath: Path) -> None:
+    """Expression-cluster names into ``obs["cluster_annotation"]`` (NA for spots the file lacks).
+
+    The file (``<S>-cluster-annotation.tsv.gz``) is indexed by pixel position and holds
+    ``patient_id ids label x y ...``: ``label`` is a cluster number, named per patient in
+    ``motivation.csv`` next to it; ``x``, ``y`` are array coordinates that make the spot id.
+    Never labels for a model that sees genes (the clusters come from expression).
+    """
     if not cpath.exists():
         return
-    cl = read_table(cpath, ["label"], what="cluster annotation", sep="\t", index_col=0)
-    if "x" in cl and "y" in cl:
-        cl.index = cl["x"].astype(int).astype(str) + "x" + cl["y"].astype(int).astype(str)
+    cl = read_table(cpath, ["label", "x", "y"], what="cluster annotation", sep="\t", index_col=0)
+    try:
+        cl.index = (cl["x"].astype(float).round().astype(int).astype(str) + "x"
+                    + cl["y"].astype(float).round().astype(int).astype(str))
+        num = cl["label"].astype(float)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{cpath}: columns x, y and label must be numbers: {e}") from None
     cl = cl[~cl.index.duplicated()]
-    a.obs["cluster_annotation"] = pd.Categorical(cl["label"].reindex(a.obs_names).astype("string"))
+    names_file = cpath.parent / "motivation.csv"
+    names = read_cluster_names(names_file) if names_file.exists() else {}
+    patient = cl["patient_id"].astype(str) if "patient_id" in cl else pd.Series("", index=cl.index)
+    lab = []
+    for p, n in zip(patient, num.loc[cl.index]):
+        if not np.isfinite(n):
+            lab.append(None)
+        elif (p, int(n)) in names:
+            lab.append(names[(p, int(n))])
+        else:
+            lab.append(f"cluster {int(n)}")
+    named = pd.Series(lab, index=cl.index, dtype=object)
+    hit = a.obs_names.isin(named.index)
+    if not hit.any():
+        raise ValueError(f"{cpath}: no row matches a spot of the count matrix (x, y -> '<x>x<y>' spot ids)")
+    a.obs["cluster_annotation"] = pd.Categorical(named.reindex(a.obs_names))

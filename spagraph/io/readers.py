@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from spagraph.io._checks import check_counts, read_table, sum_duplicate_genes, unique_spots
+from spagraph.io._checks import check_counts, check_positions, read_table, sum_duplicate_genes, unique_spots
 from spagraph.io.labels import LabelSchema
 
 
@@ -69,15 +69,20 @@ def read_spaceranger(outs: str | Path, annotation_csv: str | Path | None = None,
             raise ValueError(f"{sf_file}: missing key {k!r}")
     out = ad.AnnData(X=X, obs=pd.DataFrame(index=a.obs_names.copy()), var=pd.DataFrame(index=genes))
     out.obs["array_row"], out.obs["array_col"] = pos["array_row"].to_numpy(), pos["array_col"].to_numpy()
-    out.obsm["spatial"] = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
+    try:
+        out.obsm["spatial"] = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{pos_file}: pxl_row_in_fullres / pxl_col_in_fullres must be numbers: {e}") from None
+    check_positions(out.obsm["spatial"], pos_file, out.obs_names)
     images = {}
     from PIL import Image
     for key, name in (("hires", "tissue_hires_image.png"), ("lowres", "tissue_lowres_image.png")):
         p = spatial / name
         if p.exists():
             try:
-                images[key] = np.asarray(Image.open(p).convert("RGB"))
-            except OSError as e:
+                with Image.open(p) as im:
+                    images[key] = np.asarray(im.convert("RGB"))
+            except (OSError, SyntaxError) as e:
                 raise ValueError(f"{p}: not a readable image: {e}") from None
     if "hires" in images:
         h, w = images["hires"].shape[:2]
@@ -119,7 +124,7 @@ def attach_annotation_csv(a: ad.AnnData, path, label_schema=None) -> None:
     ann = df["label"].reindex(a.obs_names)
     a.obs["annotation"] = pd.Categorical(ann)
     cls, canc = schema.apply(ann, str(path))
-    a.obs["label_class"], a.obs["cancer"] = cls, canc.to_numpy()
+    a.obs["label_class"], a.obs["cancer"] = cls, canc.array
 
 
 def read_h5ad(path: str | Path) -> ad.AnnData:
@@ -136,8 +141,16 @@ def read_h5ad(path: str | Path) -> ad.AnnData:
     if a.n_obs == 0:
         raise ValueError(f"{path}: the slice has no spots")
     unique_spots(a.obs_names, path)
+    xy = np.asarray(a.obsm["spatial"])
+    if xy.ndim != 2 or xy.shape[1] < 2 or not np.issubdtype(xy.dtype, np.number):
+        raise ValueError(f"{path}: obsm['spatial'] must be a numeric (n, 2) array of spot centres, "
+                         f"got shape {xy.shape} dtype {xy.dtype}")
+    check_positions(xy[:, :2], path, a.obs_names)
     if "cancer" in a.obs:
-        a.obs["cancer"] = pd.array(a.obs["cancer"].astype("Float64").round(), dtype="Int8")
+        try:
+            a.obs["cancer"] = pd.array(a.obs["cancer"].astype("Float64").round(), dtype="Int8")
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: obs['cancer'] must hold 1 / 0 / NA: {e}") from None
     a.uns.setdefault("spagraph_slice", {"library_id": path.stem, "platform": "unknown", "source": str(path),
                                         "has_image": any(v.get("images") for v in a.uns.get("spatial", {}).values())})
     return a

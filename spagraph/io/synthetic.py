@@ -128,7 +128,7 @@ def make_synthetic_slice(n_spots: int = 600, grid: str = "hex", seed: int = 0, n
     obs["annotation"] = pd.Categorical(ann)
     cls, canc = LabelSchema().apply(obs["annotation"].astype(object), lib_id)
     obs["label_class"] = cls
-    obs["cancer"] = canc.to_numpy()
+    obs["cancer"] = canc.array
     adata = ad.AnnData(X=sp.csr_matrix(X), obs=obs, var=pd.DataFrame(index=genes))
     adata.obsm["spatial"] = pos
     scalef = 0.35
