@@ -234,7 +234,7 @@ def test_slice_with_one_spot(tmp_path):
         return a[:1].copy() if name == "s0" else a
     p = exp_with_sources(tmp_path, synthetic_h5ads(tmp_path, edit=edit))
     code, out = cli("run", p, "--out", tmp_path / "o", "--no-progress")
-    assert_clean_error(code, out, "slice s0", "at least 2 spots")
+    assert_clean_error(code, out, "s0", "at least 2 spots")   # the reader or the graph builder may catch it
 
 
 def test_graph_one_spot_and_duplicate_spots_direct():
