@@ -30,11 +30,8 @@ def load_source(src: SliceSource, base: Path | None = None) -> dict:
         p = resolve_path(src.path, base)
         return {src.name or p.stem: sio.read_h5ad(p)}
     if src.reader == "card":
-        loader = getattr(sio, "read_card", None)
-        if loader is None:
-            raise ValueError(f"reader 'card' (card {src.card!r}): this spagraph.io has no dataset-card reader "
-                             "(spagraph.io.read_card); use reader her2st / spaceranger / h5ad instead")
-        return loader(src.card, resolve_path(src.root, base))
+        from spagraph.io.cards import read_card
+        return read_card(src.card, resolve_path(src.root, base), src.names)
     if src.reader != "synthetic":
         raise ValueError(f"unknown reader {src.reader!r}")
     from spagraph.io.synthetic import make_synthetic_dataset
