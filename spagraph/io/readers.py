@@ -27,7 +27,7 @@ def read_spaceranger(outs: str | Path, annotation_csv: str | Path | None = None,
             a = sc.read_10x_h5(h5)
             src = h5
         elif mtx.is_dir():
-            a = sc.read_10x_mtx(mtx)
+            a = sc.read_10x_mtx(mtx, make_unique=False)   # duplicates are summed below, like the h5 path
             src = mtx
         else:
             raise FileNotFoundError(f"{outs}: neither filtered_feature_bc_matrix.h5 nor filtered_feature_bc_matrix/ found")

@@ -114,13 +114,17 @@ def make_synthetic_slice(n_spots: int = 600, grid: str = "hex", seed: int = 0, n
     lam = rng.gamma(disp, (lib[:, None] * mu) / disp)
     X = rng.poisson(lam).astype(np.float32)
     if be["gene_dropout"] > 0:
-        drop = rng.random(G) < be["gene_dropout"]
+        # own stream: the same seed gives the same tissue and labels with or without a batch effect
+        drop = np.random.default_rng([seed, 7919]).random(G) < be["gene_dropout"]
         X[:, drop] = 0
     # --- labels
-    ann = np.where(tumour, np.where(rng.random(n_spots) < 0.15, "cancer in situ", "invasive cancer"),
+    # labels and image draw from their own streams (counts use a variable number of draws), so a
+    # batch effect changes the measurement, never the tissue
+    lrng = np.random.default_rng([seed, 104729])
+    ann = np.where(tumour, np.where(lrng.random(n_spots) < 0.15, "cancer in situ", "invasive cancer"),
                    np.where(immune, "immune infiltrate", np.where(adipose, "adipose tissue", "connective tissue")))
     ann = ann.astype(object)
-    ann[rng.random(n_spots) < undetermined_frac] = "undetermined"
+    ann[lrng.random(n_spots) < undetermined_frac] = "undetermined"
     lib_id = library_id or f"synthetic_{seed}"
     obs = pd.DataFrame(index=[f"spot{r}x{c}" for r, c in zip(arr_r, arr_c)])
     obs["array_row"], obs["array_col"] = arr_r, arr_c
@@ -134,7 +138,8 @@ def make_synthetic_slice(n_spots: int = 600, grid: str = "hex", seed: int = 0, n
     scalef = 0.35
     images = {}
     if with_image:
-        images["hires"] = _render_image(rng, field, extent, scalef, pos, immune, adipose, be["stain_shift"])
+        images["hires"] = _render_image(np.random.default_rng([seed, 15485863]), field, extent, scalef, pos, immune, adipose, be["stain_shift"],
+                                        patch=patch, pitch=pitch)
     adata.uns["spatial"] = {lib_id: {"images": images,
                                      "scalefactors": {"tissue_hires_scalef": scalef, "tissue_lowres_scalef": scalef,
                                                       "spot_diameter_fullres": 0.55 * pitch}}}
@@ -143,42 +148,60 @@ def make_synthetic_slice(n_spots: int = 600, grid: str = "hex", seed: int = 0, n
     return adata
 
 
-def _render_image(rng, field, extent, scalef, pos, immune, adipose, stain_shift):
-    """H&E-like RGB: eosin background, hematoxylin nuclei whose density/size differ by region."""
-    H, W = int(extent[1] * scalef) + 1, int(extent[0] * scalef) + 1
-    yy, xx = np.mgrid[0:H, 0:W]
-    # region maps at a coarse resolution then upsampled
-    step = 4
-    pts = np.c_[xx[::step, ::step].ravel(), yy[::step, ::step].ravel()] / scalef
-    tum = (field(pts) > 0).reshape(xx[::step, ::step].shape)
+def _render_image(rng, field, extent, scalef, pos, immune, adipose, stain_shift, patch=None, pitch: float = 100.0):
+    """H&E-like RGB (uint8, H x W x 3) of the slice at ``scalef`` x full resolution.
+
+    Eosin-pink stroma with oriented fibres; hematoxylin nuclei whose density, size and darkness
+    differ by region (tumour: crowded, large, dark; immune: small dense dots; stroma: sparse,
+    elongated); pale adipocytes; white glass outside the tissue. Region maps are evaluated on
+    a 4-px grid and upsampled; nuclei are drawn as seeds blurred and thresholded, so edges are
+    crisp and sizes vary.
+    """
     from scipy.spatial import cKDTree
+    H, W = int(extent[1] * scalef) + 1, int(extent[0] * scalef) + 1
+    step = 4
+    cy, cx = np.arange(0, H, step), np.arange(0, W, step)
+    gx, gy = np.meshgrid(cx, cy)
+    pts = np.c_[gx.ravel(), gy.ravel()] / scalef
+    shape = gx.shape
+    tum = (field(pts) > 0).reshape(shape)
     d, nn = cKDTree(pos).query(pts)
-    imm = immune[nn].reshape(tum.shape) & ~tum
-    adi = adipose[nn].reshape(tum.shape) & ~tum
-    inside = (d < 0.8 * np.min(np.ptp(pos, 0)) / 2 + 1e9).reshape(tum.shape)
-    up = lambda m: np.kron(m, np.ones((step, step), bool))[:H, :W]
-    tum, imm, adi = up(tum), up(imm), up(adi)
-    del inside
+    tissue = (d < 0.8 * pitch).reshape(shape)
+    imm = immune[nn].reshape(shape) & ~tum
+    if patch is not None:     # adipose from the same smooth field as the spot labels: smooth outlines
+        gi = pts / extent * (patch.shape[0] - 1)
+        adi = (ndimage.map_coordinates(patch, [gi[:, 0], gi[:, 1]], order=1, mode="nearest") < -1.0).reshape(shape)
+        adi &= ~tum & ~imm
+    else:
+        adi = adipose[nn].reshape(shape) & ~tum
+
+    def up(m):
+        return np.repeat(np.repeat(m, step, 0), step, 1)[:H, :W]
+    tum, imm, adi, tissue = up(tum), up(imm), up(adi), up(tissue)
     img = np.empty((H, W, 3), np.float32)
-    img[:] = (236, 178, 205)  # eosin pink
-    # stroma fibres: oriented streaks
-    fib = ndimage.gaussian_filter(rng.normal(size=(H, W)), (0.8, 5.0))
-    fib = (fib > 0.15) & ~tum & ~adi
-    img[fib] = (222, 135, 175)
-    # adipose: pale, almost white
-    img[adi] = (246, 236, 240)
+    img[:] = (234, 170, 200)                                    # eosin pink
+    fib = ndimage.gaussian_filter(rng.standard_normal((H, W), dtype=np.float32), (0.8, 4.0))
+    streak = (fib > 0.12) & ~tum & ~adi
+    img[streak] = (220, 128, 170)                               # collagen fibres
+    img[tum] = (226, 160, 196)                                  # denser cytoplasm in tumour nests
+    img[adi] = (247, 240, 243)                                  # adipocytes: almost white
 
-    def nuclei(mask, density, sigma, colour):
-        seeds = (rng.random((H, W)) < density) & mask
-        blob = ndimage.gaussian_filter(seeds.astype(np.float32), sigma)
-        blob /= blob.max() + 1e-9
-        a = np.clip(blob * 3.0, 0, 1)[..., None]
-        img[:] = img * (1 - a) + np.array(colour, np.float32) * a
+    def nuclei(mask, density, sigma, colour, elong=1.0):
+        n = rng.poisson(density * H * W)
+        yy, xx = rng.integers(0, H, n), rng.integers(0, W, n)
+        keep = mask[yy, xx]
+        canvas = np.zeros((H, W), np.float32)
+        np.add.at(canvas, (yy[keep], xx[keep]), rng.uniform(0.7, 1.6, int(keep.sum())).astype(np.float32))
+        blob = ndimage.gaussian_filter(canvas, (sigma, sigma * elong))
+        peak = 1.0 / (2 * np.pi * sigma * sigma * elong)
+        a = np.clip((blob / peak - 0.3) * 3.0, 0, 1)[..., None]
+        img[:] = img * (1 - a) + np.asarray(colour, np.float32) * a
 
-    nuclei(tum, 0.012, 2.2, (88, 44, 128))         # big, crowded, dark tumour nuclei
-    nuclei(imm, 0.03, 1.0, (60, 30, 110))          # small dense lymphocytes
-    nuclei(~tum & ~imm & ~adi, 0.003, 1.2, (110, 70, 150))  # sparse stromal nuclei
-    img += rng.normal(0, 6, img.shape)
+    nuclei(tum, 0.010, 1.9, (78, 36, 120))                      # large, crowded, dark tumour nuclei
+    nuclei(imm, 0.030, 0.9, (55, 28, 105))                      # small dense lymphocytes
+    nuclei(~tum & ~imm & ~adi, 0.0025, 0.8, (105, 62, 145), elong=2.5)   # sparse spindle stromal nuclei
+    img[~tissue] = (243, 241, 244)                              # glass outside the tissue
+    img += rng.normal(0, 5, (H, W, 1)).astype(np.float32)       # illumination / grain
     if stain_shift:
         img = img * (1 - stain_shift) + np.array([120, 60, 160], np.float32) * stain_shift
     return np.clip(img, 0, 255).astype(np.uint8)
