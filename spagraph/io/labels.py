@@ -35,6 +35,16 @@ class LabelSchema:
         bad = set(d) - allowed
         if bad:
             raise ValueError(f"label mapping: unknown keys {sorted(bad)}; allowed {sorted(allowed)}")
+        unknown = d.get("unknown", "error")
+        if unknown not in ("error", "na", "non_cancer"):
+            raise ValueError(f"label mapping: unknown: {unknown!r} must be one of 'error', 'na', 'non_cancer'")
+        for k in ("cancer", "undetermined", "non_cancer"):
+            v = d.get(k)
+            if v is not None and (isinstance(v, str) or not all(isinstance(x, str) for x in v)):
+                raise ValueError(f"label mapping: {k} must be a list of label texts, got {v!r}")
+        both = {_norm(x) for x in d.get("cancer") or []} & {_norm(x) for x in (d.get("non_cancer") or [])}
+        if both:
+            raise ValueError(f"label mapping: {sorted(both)} listed as both cancer and non_cancer")
         return cls(**d)
 
     def apply(self, annotation: pd.Series, source: str = "") -> tuple[pd.Series, pd.Series]:
