@@ -77,6 +77,7 @@ def read_her2st(root: str | Path, slice_name: str, label_schema: LabelSchema | d
     if counts.shape[1] == 0:
         raise ValueError(f"{cpath}: count matrix has no gene columns (is it tab-separated?)")
     counts.index = counts.index.astype(str)
+    counts.columns = _raw_header(cpath, counts.columns)
     unique_spots(counts.index, cpath)
     arr = parse_array_ids(counts.index, cpath)
     X = check_counts(counts.to_numpy(), cpath, counts.index)
@@ -125,6 +126,16 @@ def read_her2st(root: str | Path, slice_name: str, label_schema: LabelSchema | d
                                "has_image": bool(images), **({"image_path": image_path} if image_path else {})}
     _attach_clusters(a, root / "clusters" / f"{slice_name}-cluster-annotation.tsv.gz")
     return a
+
+
+def _raw_header(path: Path, parsed: pd.Index) -> pd.Index:
+    """Gene names as written in the header (pandas renames a repeated name ``X`` to ``X.1``,
+    which would hide duplicates from :func:`sum_duplicate_genes`)."""
+    import gzip
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        names = f.readline().rstrip("\r\n").split("\t")[1:]
+    return pd.Index(names) if len(names) == len(parsed) else parsed
 
 
 def _attach_labels(a: ad.AnnData, lpath: Path, schema: LabelSchema) -> None:
