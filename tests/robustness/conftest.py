@@ -3,7 +3,8 @@
 Every test in this folder that feeds the package a bad input carries ``@pytest.mark.bad_input``.
 At the end of the session the terminal summary prints ``N bad inputs, N handled`` over all
 collected ``bad_input`` tests (anywhere in the run, the io reader cases included); a test is
-*handled* when it passed (setup, call and teardown).
+*handled* when it passed (setup, call and teardown); skipped tests are counted apart; an
+xfail (a known unhandled case) counts as not handled.
 
 A ``pytest_terminal_summary`` hook defined in a non-root conftest is path-filtered for some
 hooks, so the counter is registered as a session-wide plugin object from ``pytest_configure``
@@ -25,6 +26,7 @@ class BadInputCounter:
         self.marked: set[str] = set()
         self.failed: set[str] = set()
         self.passed: set[str] = set()
+        self.skipped: set[str] = set()
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, session, config, items):
@@ -35,18 +37,23 @@ class BadInputCounter:
             return
         if report.failed:
             self.failed.add(report.nodeid)
+        elif report.skipped:
+            self.skipped.add(report.nodeid)
         elif report.when == "call" and report.passed:
             self.passed.add(report.nodeid)
 
     def counts(self) -> tuple[int, int]:
-        return len(self.marked), len(self.passed - self.failed)
+        """(bad inputs run, handled): skipped tests are left out of both and listed apart."""
+        ran = self.marked - (self.skipped - self.failed)
+        return len(ran), len(self.passed - self.failed)
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
         n, ok = self.counts()
         if not n:
             return
-        terminalreporter.write_line(f"{n} bad inputs, {ok} handled")
-        missed = sorted(self.marked - (self.passed - self.failed))
+        skipped = len(self.skipped - self.failed)
+        terminalreporter.write_line(f"{n} bad inputs, {ok} handled" + (f" ({skipped} skipped)" if skipped else ""))
+        missed = sorted(self.marked - self.skipped - (self.passed - self.failed))
         for nodeid in missed:
             terminalreporter.write_line(f"  not handled: {nodeid}")
 

@@ -132,16 +132,6 @@ def test_missing_weights_fail_at_start_of_run(tmp_path, encoder):
     assert not (tmp_path / "o" / "folds").exists(), "the run must stop before any fold starts"
 
 
-def test_unknown_data_reader_card_without_loader(tmp_path):
-    from spagraph.experiment.data import load_source
-    from spagraph.experiment.config import SliceSource
-    import spagraph.io as sio
-    if hasattr(sio, "read_card"):
-        pytest.skip("spagraph.io has a card reader: its bad-card cases live with the io tests")
-    with pytest.raises(ValueError, match="reader 'card'"):
-        load_source(SliceSource(reader="card", card="her2st", root=str(tmp_path)))
-
-
 # ------------------------------------------------------------------ CLI arguments
 
 
