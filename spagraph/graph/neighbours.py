@@ -89,27 +89,39 @@ def multiscale_edges(pos: np.ndarray, scales: list[float], n_bins: int = 8,
     pairs = tree.query_pairs(r_max, output_type="ndarray")  # (p, 2) with i < j
     i, j = pairs[:, 0], pairs[:, 1]
     d = np.linalg.norm(pos[i] - pos[j], axis=1) / pitch
+    del pairs
+    # Both directions once at the largest radius, grouped by destination (then source), with
+    # their direction bins; each scale is a boolean subset of it, which keeps that order. (Sorting
+    # and binning once instead of once per scale: about a third less build time at 1M spots.)
+    src_all = np.concatenate([i, j])
+    dst_all = np.concatenate([j, i])
+    del i, j
+    order = np.lexsort((src_all, dst_all))
+    src_all, dst_all = src_all[order], dst_all[order]
+    d_all = np.concatenate([d, d])[order]
+    del d, order
+    bins_all = direction_bins(pos[src_all] - pos[dst_all], n_bins) if not self_loops else None
     out = []
     prev_r = -1.0
     for s in scales:
         r = s * RADIUS_TOLERANCE
-        keep = d <= r
+        keep = d_all <= r
         if shells:
-            keep &= d > prev_r
+            keep &= d_all > prev_r
         prev_r = r
-        a, b, dd = i[keep], j[keep], d[keep]
-        src = np.concatenate([a, b])
-        dst = np.concatenate([b, a])
-        dist = np.concatenate([dd, dd]).astype(np.float32)
+        everything = bool(keep.all())
+        src, dst = (src_all, dst_all) if everything else (src_all[keep], dst_all[keep])
+        dist = d_all.astype(np.float32) if everything else d_all[keep].astype(np.float32)
         if self_loops:
             n = len(pos)
             src = np.concatenate([src, np.arange(n)])
             dst = np.concatenate([dst, np.arange(n)])
             dist = np.concatenate([dist, np.zeros(n, np.float32)])
-        order = np.lexsort((src, dst))  # group by destination: cache friendly scatter
-        src, dst, dist = src[order], dst[order], dist[order]
-        bins = direction_bins(pos[src] - pos[dst], n_bins)
-        if self_loops:
+            order = np.lexsort((src, dst))
+            src, dst, dist = src[order], dst[order], dist[order]
+            bins = direction_bins(pos[src] - pos[dst], n_bins)
             bins[src == dst] = 0
+        else:
+            bins = bins_all if everything else bins_all[keep]
         out.append({"edge_index": np.stack([src, dst]).astype(np.int64), "dir": bins, "dist": dist})
     return out
