@@ -19,6 +19,10 @@ Honesty: feature standardisation is fitted on the training slices only; only tra
 enter a loss; only validation labels choose the epoch (mean per-slice validation AUC, the
 same early-stopping rule as :func:`spagraph.train.fit.fit`). Thresholds and test metrics are
 the runner's common code. Deterministic given the seed (CPU).
+
+Limits: the torch baselines train and predict on the full graph of each slice (one step per
+training slice per epoch); ``train.batch_mode`` / tiles are not used, so they are meant for
+ordinary slices (tens of thousands of spots), not the 1M-spot tiled setting.
 """
 from __future__ import annotations
 
