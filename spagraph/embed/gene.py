@@ -1,8 +1,9 @@
 """Gene encoders. Anything fitted (HVG choice, scaling, PCA) is fitted on training slices only;
 every other slice is transformed with those statistics unchanged.
 
-``hvg``      library-size normalisation (target 1e4, library = the counts of the genes shared
-             by all slices, so platforms with different panels are comparable) + log1p; the
+``hvg``      library-size normalisation (target 1e4; library = the counts of the genes shared by
+             all slices at fit time, in fit and transform alike, so platforms with different
+             panels are comparable; a new slice lacking some of them sums those it has) + log1p; the
              ``n_hvg`` training-chosen genes; z-scored with the training mean/std, clipped to +-10.
              HVG choice (``hvg_flavor``):
              ``"logvar"`` (default) the genes of largest log-normalised variance among genes
@@ -49,13 +50,23 @@ def _gene_matrix(adata, genes: list[str]) -> np.ndarray:
     return X.astype(np.float32)
 
 
-def _lognorm(adata, genes: list[str]) -> np.ndarray:
-    """(n, len(genes)) log1p(counts / library size * 1e4) over ``genes`` (dense float32)."""
+def _lognorm(adata, genes: list[str], lib_genes: list[str] | None = None) -> np.ndarray:
+    """(n, len(genes)) log1p(counts / library size * 1e4) over ``genes`` (dense float32).
+
+    The library size sums the counts of ``lib_genes`` (default ``genes``) that the slice has, so
+    a subset of genes is normalised exactly as it was within the full gene universe.
+    """
     X = _gene_matrix(adata, genes)
     if not np.isfinite(X).all() or (X < 0).any():
         raise ValueError("counts must be finite and non-negative (is X already log-normalised?)")
-    lib = X.sum(1, keepdims=True)
-    return np.log1p(X / np.maximum(lib, 1.0) * 1e4)
+    if lib_genes is None or list(lib_genes) == list(genes):
+        lib = X.sum(1, keepdims=True)
+    else:
+        idx = adata.var_names.get_indexer(lib_genes)
+        idx = idx[idx >= 0]
+        L = adata.X[:, idx]
+        lib = np.asarray(L.sum(1), dtype=np.float64).reshape(-1, 1)
+    return np.log1p(X / np.maximum(lib, 1.0).astype(np.float32) * 1e4)
 
 
 def _variable_genes(X: np.ndarray, n: int, min_detect: float = 0.01) -> np.ndarray:
@@ -103,6 +114,7 @@ class HVGEncoder:
         self.n_hvg, self.drop_housekeeping = int(n_hvg), bool(drop_housekeeping)
         self.hvg_flavor, self.min_detect = hvg_flavor, float(min_detect)
         self.genes: list[str] = []
+        self.lib_genes: list[str] | None = None      # genes whose counts make the library size
         self.mean = self.std = None
 
     @property
@@ -124,6 +136,7 @@ class HVGEncoder:
         else:
             sel = _variable_genes(X, self.n_hvg, self.min_detect)
         self.genes = [genes[i] for i in sel]
+        self.lib_genes = list(genes)
         Xs = X[:, sel].astype(np.float64)
         self.mean = Xs.mean(0).astype(np.float32)
         self.std = (Xs.std(0) + 1e-6).astype(np.float32)
@@ -132,7 +145,8 @@ class HVGEncoder:
     def _scaled(self, adata) -> np.ndarray:
         if self.mean is None:
             raise RuntimeError("gene encoder used before fit()")
-        return np.clip((_lognorm(adata, self.genes) - self.mean) / self.std, -10, 10).astype(np.float32)
+        X = _lognorm(adata, self.genes, self.lib_genes)
+        return np.clip((X - self.mean) / self.std, -10, 10).astype(np.float32)
 
     def transform(self, adata) -> np.ndarray:
         """(n_spots, n_genes_kept) float32: z-scored log-expression (training statistics)."""
@@ -141,10 +155,14 @@ class HVGEncoder:
     def state_dict(self) -> dict:
         return {"kind": self.name, "n_hvg": self.n_hvg, "drop_housekeeping": self.drop_housekeeping,
                 "hvg_flavor": self.hvg_flavor, "min_detect": self.min_detect,
-                "genes": list(self.genes), "mean": self.mean, "std": self.std}
+                "genes": list(self.genes), "lib_genes": None if self.lib_genes is None else list(self.lib_genes),
+                "mean": self.mean, "std": self.std}
 
     def _load(self, st: dict) -> None:
         self.genes, self.mean, self.std = list(st["genes"]), np.asarray(st["mean"], np.float32), np.asarray(st["std"], np.float32)
+        # states saved before lib_genes existed normalised by the kept genes' counts: keep doing so
+        lib = st.get("lib_genes")
+        self.lib_genes = None if lib is None else list(lib)
 
     @classmethod
     def from_state_dict(cls, st: dict):
