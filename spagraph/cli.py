@@ -227,6 +227,51 @@ def bench(suite: Path = typer.Argument(..., help="suite YAML listing experiments
     typer.echo(f"table: {out / 'table.md'}  {out / 'table.csv'}\nheat-map: {out / 'per_slice_auc.png'}")
 
 
+@app.command()
+@_guarded
+def embed(path: Path = typer.Argument(..., help="her2st root, Space Ranger outs/, or .h5ad"),
+          slice: Optional[str] = typer.Option(None, "--slice", help="slice name (her2st layout)"),
+          image_encoder: str = typer.Option("handcrafted", "--image-encoder", help="handcrafted | uni2h | timm:<name> | none"),
+          gene_encoder: str = typer.Option("pca", "--gene-encoder", help="hvg | pca | sentence | omiclip | none"),
+          out: Path = typer.Option(..., "--out", help="output .h5ad with obsm['img_emb'], obsm['gene_emb']"),
+          set_: Optional[List[str]] = typer.Option(None, "--set", help="encoder setting key=value, e.g. --set n_pcs=30 (repeatable; YAML values)"),
+          cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="cache image embeddings here"),
+          progress: bool = typer.Option(True, "--progress/--no-progress")):
+    """Embed one slice (image + genes) and write it as .h5ad; the gene encoder is fitted on this slice itself."""
+    import yaml
+    from spagraph.embed import embed_slices
+    from spagraph.io import read_slice
+    from spagraph.utils import atomic_path
+    if out.suffix != ".h5ad":
+        _fail(f"--out must end in .h5ad, got {out}")
+    settings = {}
+    for item in set_ or []:
+        key, eq, val = item.partition("=")
+        if not eq or not key.strip():
+            _fail(f"--set expects key=value, got {item!r}")
+        settings[key.strip()] = yaml.safe_load(val)
+    none = ("none", "null", "")
+    img = None if image_encoder.lower() in none else image_encoder
+    gene = None if gene_encoder.lower() in none else gene_encoder
+    adata = read_slice(path, slice_name=slice)
+    name = slice or (adata.uns.get("spagraph_slice", {}) or {}).get("library_id") or path.stem
+    rep = embed_slices({str(name): adata}, fit_on=[str(name)], image_encoder=img, gene_encoder=gene,
+                       settings=settings, cache_dir=cache_dir, progress=progress)
+    with atomic_path(out) as tmp:
+        adata.write_h5ad(tmp)
+    typer.echo(f"{name}: {adata.n_obs} spots; genes {rep['genes_used']} used of {rep['genes_shared']}")
+    if gene:
+        typer.echo(f"gene_emb ({gene}): {rep['d_gene']} dims, fitted on this slice itself "
+                   "(one slice: no held-out statistics; for a held-out slice use a saved model: spagraph predict)")
+    if img:
+        if rep["has_image"][str(name)]:
+            typer.echo(f"img_emb ({img}): {rep['d_img']} dims" +
+                       (f"  [cache: {rep['cache_hits']} hit, {rep['cache_misses']} miss]" if cache_dir else ""))
+        else:
+            typer.echo(f"img_emb: none (slice {name} has no image)")
+    typer.echo(f"written: {out}")
+
+
 def main() -> None:  # console-script entry point
     app()
 
