@@ -1,0 +1,77 @@
+"""Embedding throughput: patches/s of the image encoders, spots/s of the gene encoders.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/embed_throughput.py [--uni2h-batches 1] [--skip-uni2h]
+
+handcrafted: ``patch_features`` on 224 px patches (features only), and the whole encoder on a
+synthetic slice (crop + resize + features, the default two scales at 112 px working size).
+UNI2-h: the full architecture with random weights, batch 32 (CUDA when available), a few batches.
+Gene encoders: fit on two synthetic slices, transform a third; spots/s of the transform.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+
+
+def _rate(fn, n_items: int, repeat: int = 1) -> float:
+    fn()                                            # warm-up
+    t = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return n_items * repeat / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--uni2h-batches", type=int, default=1)
+    ap.add_argument("--skip-uni2h", action="store_true")
+    ap.add_argument("--spots", type=int, default=2000)
+    args = ap.parse_args()
+    import torch
+    from spagraph.embed.gene import fit_gene_encoder
+    from spagraph.embed.handcrafted import patch_features
+    from spagraph.embed.image import get_image_encoder
+    from spagraph.io.synthetic import make_synthetic_slice
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {dev}")
+    rng = np.random.default_rng(0)
+    b = rng.integers(0, 256, (256, 224, 224, 3), dtype=np.uint8)
+    print(f"handcrafted patch_features @224px, batch 256: {_rate(lambda: patch_features(b), 256, 3):8.1f} patches/s")
+    a = make_synthetic_slice(n_spots=1000, seed=0)
+    enc = get_image_encoder("handcrafted", {"patch_size": 224, "patch_scales": [2.8]})
+    print(f"handcrafted slice encode @224px, 1 scale (crop+resize+features): "
+          f"{_rate(lambda: enc.encode(a), a.n_obs):8.1f} patches/s")
+    enc = get_image_encoder("handcrafted", {})
+    print(f"handcrafted slice encode, default (2 scales @112px):            "
+          f"{_rate(lambda: enc.encode(a), a.n_obs):8.1f} spots/s")
+    if not args.skip_uni2h:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t = time.perf_counter()
+            u = get_image_encoder("uni2h", {"device": dev})
+            build = time.perf_counter() - t
+        x = rng.integers(0, 256, (32, 224, 224, 3), dtype=np.uint8)
+        u.encode_patches(x[:2])
+        t = time.perf_counter()
+        for _ in range(args.uni2h_batches):
+            y = u.encode_patches(x)
+        r = 32 * args.uni2h_batches / (time.perf_counter() - t)
+        print(f"uni2h (random weights) build {build:.1f} s; batch 32 on {dev}: {r:8.2f} patches/s  (out {y.shape})")
+    tr = [make_synthetic_slice(n_spots=args.spots, seed=s, n_genes=2000) for s in (1, 2)]
+    te = make_synthetic_slice(n_spots=args.spots, seed=3, n_genes=2000)
+    for name, st in (("hvg", {"n_hvg": 2000}), ("pca", {"n_hvg": 2000, "n_pcs": 50}), ("sentence", {"top_n": 50})):
+        try:
+            t = time.perf_counter()
+            g = fit_gene_encoder(name, tr, st)
+            fit_s = time.perf_counter() - t
+            print(f"gene {name:8s} fit on {2 * args.spots} spots {fit_s:6.2f} s; transform "
+                  f"{_rate(lambda: g.transform(te), te.n_obs):9.1f} spots/s")
+        except ImportError as e:
+            print(f"gene {name}: skipped ({e})")
+
+
+if __name__ == "__main__":
+    main()
