@@ -160,3 +160,32 @@ def test_uni2h_full_random_weights():
         warnings.simplefilter("ignore")
         enc2 = get_image_encoder("uni2h", {})
     np.testing.assert_allclose(enc2.encode_patches(x[:1])[0], y[0], rtol=1e-4, atol=1e-4)
+
+
+def test_uni2h_kwargs_through_the_encoder_deterministic_and_batch_free():
+    """The encoder path (normalisation, batching) on the UNI2-h architecture cut to depth 1: two
+    builds agree (seeded random init) and a patch's features do not depend on its batch."""
+    import timm
+    import torch
+    mk = dict(UNI2H_KWARGS, depth=1, mlp_layer=timm.layers.SwiGLUPacked, act_layer=torch.nn.SiLU)
+    from spagraph.embed.image import uni2h_encoder
+    with pytest.warns(UserWarning, match="RANDOM"):
+        e1 = uni2h_encoder(_model_kwargs=mk)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        e2 = uni2h_encoder(_model_kwargs=mk)
+        e3 = uni2h_encoder(_model_kwargs=mk, seed=1)
+    assert e1.dim == 1536 and e1.input_size == 224 and e1.name == "uni2h"
+    np.testing.assert_allclose(e1._mean[:, 0, 0], [0.485, 0.456, 0.406], atol=1e-6)   # ImageNet stats, as
+    np.testing.assert_allclose(e1._std[:, 0, 0], [0.229, 0.224, 0.225], atol=1e-6)    # UNI2-h was trained
+    x = np.random.default_rng(8).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    y = e1.encode_patches(x)
+    assert y.shape == (2, 1536) and y.dtype == np.float32 and np.isfinite(y).all()
+    np.testing.assert_allclose(e2.encode_patches(x), y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(e1.encode_patches(x[1:]), y[1:], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(e3.encode_patches(x), y, atol=1e-3)          # the seed matters
+    assert not np.allclose(y[0], y[1], atol=1e-4)                       # the input matters
+    import json
+    st = json.dumps(e1.settings(), sort_keys=True)                    # the cache key: stable, no addresses
+    assert "0x" not in st and e1.settings()["model_kwargs"]["act_layer"] == "SiLU"
+    assert "Glu" in e1.settings()["model_kwargs"]["mlp_layer"]         # SwiGLU(Packed) = GluMlp partial in timm

@@ -124,3 +124,25 @@ def test_batches_match_single_extraction_and_order():
     whole = np.concatenate(batches)
     np.testing.assert_array_equal(whole, extract_patches(a, patch_scale=2.0, out_size=16))
     np.testing.assert_array_equal(whole[[7, 3]], extract_patches(a, 2.0, 16, idx=np.array([7, 3])))
+
+
+def test_best_image_picks_hires_with_its_scale_factor():
+    from spagraph.embed.patches import best_image
+    hires = _marker_image(h=50, w=40, at=(10, 20))
+    a = _slice([[40.0, 80.0]], hires, scalef=0.25)
+    lib = a.uns["spatial"]["lib"]
+    lib["images"]["lowres"] = np.zeros((5, 4, 3), np.uint8)
+    lib["scalefactors"]["tissue_lowres_scalef"] = 0.025
+    img, scale = best_image(a)
+    assert img.shape == (50, 40, 3) and scale == 0.25
+    x, y = (np.asarray(a.obsm["spatial"][0]) * scale).astype(int)
+    assert tuple(img[y, x]) == (255, 0, 0)                     # spot position lands on the marker
+    del lib["images"]["hires"]
+    img, scale = best_image(a)
+    assert img.shape == (5, 4, 3) and scale == 0.025           # falls back to lowres
+    lib["images"] = {}
+    assert best_image(a) == (None, 1.0)
+    b = _slice([[1.0, 1.0]], hires)
+    del b.uns["spatial"]["lib"]["scalefactors"]["tissue_hires_scalef"]
+    with pytest.raises(ValueError, match="tissue_hires_scalef"):
+        best_image(b)

@@ -125,6 +125,19 @@ class HandcraftedEncoder(ImageEncoder):
                 "features": len(self.feature_names())}
 
 
+def _describe(v):
+    """A stable, JSON-friendly name for a model kwarg (classes, functools.partial, callables)."""
+    import functools
+    if isinstance(v, functools.partial):
+        args = [_describe(a) for a in v.args] + [f"{k}={_describe(x)}" for k, x in sorted(v.keywords.items())]
+        return f"{_describe(v.func)}({', '.join(map(str, args))})"
+    if isinstance(v, type) or callable(v):
+        return getattr(v, "__qualname__", None) or getattr(v, "__name__", None) or type(v).__name__
+    if isinstance(v, (list, tuple)):
+        return [_describe(x) for x in v]
+    return v
+
+
 def _device(device: str):
     import torch
     if device == "auto":
@@ -138,19 +151,20 @@ class TimmEncoder(ImageEncoder):
     Weights: ``weights`` (a local state-dict file), or ``pretrained=True`` (timm downloads
     them; needs hub access), else random initialisation (seeded, deterministic) with a loud
     warning: the features then carry no meaning. Input size, mean and std come from
-    ``timm.data.resolve_data_config``; the crop itself is ours (``patch_scale``), resized to the
+    ``timm.data.resolve_data_config`` unless ``norm=(mean, std)`` is given; the crop itself is ours (``patch_scale``), resized to the
     input size, so timm's resize + centre-crop (which would change the field of view) is not applied.
     """
 
     def __init__(self, model_name: str, weights: str | None = None, pretrained: bool = False, device: str = "auto",
-                 seed: int = 0, model_kwargs: dict | None = None, display_name: str | None = None, **kw):
+                 seed: int = 0, model_kwargs: dict | None = None, display_name: str | None = None,
+                 norm: tuple | None = None, **kw):
         super().__init__(**kw)
         import timm
         import torch
         self.name = display_name or f"timm:{model_name}"
         self.model_name, self.weights, self.pretrained = model_name, (str(weights) if weights else None), bool(pretrained)
         kwargs = {"num_classes": 0, **(model_kwargs or {})}
-        self._kwargs_repr = {k: (v.__name__ if isinstance(v, type) else v) for k, v in kwargs.items()}
+        self._kwargs_repr = {k: _describe(v) for k, v in kwargs.items()}
         self.seed = int(seed)
         if self.weights and not Path(self.weights).is_file():
             raise FileNotFoundError(f"image encoder {self.name}: weights file not found: {self.weights}")
@@ -184,8 +198,9 @@ class TimmEncoder(ImageEncoder):
         self.model.to(self.device)
         cfg = timm.data.resolve_data_config({}, model=self.model)
         self._size = int(cfg["input_size"][-1])
-        self._mean = np.array(cfg["mean"], np.float32)[:, None, None]
-        self._std = np.array(cfg["std"], np.float32)[:, None, None]
+        mean, std = norm if norm is not None else (cfg["mean"], cfg["std"])
+        self._mean = np.array(mean, np.float32)[:, None, None]
+        self._std = np.array(std, np.float32)[:, None, None]
         self._dim = int(getattr(self.model, "num_features", 0)) or int(self.encode_patches(
             np.zeros((1, self._size, self._size, 3), np.uint8)).shape[1])
 
@@ -204,24 +219,31 @@ class TimmEncoder(ImageEncoder):
             return self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self.device)).float().cpu().numpy()
 
     def settings(self) -> dict:
-        return super().settings() | {"model": self.model_name, "weights": self.weights, "pretrained": self.pretrained,
+        return super().settings() | {"mean": self._mean.ravel().tolist(), "std": self._std.ravel().tolist(),
+                                     "model": self.model_name, "weights": self.weights, "pretrained": self.pretrained,
                                      "seed": self.seed if not (self.weights or self.pretrained) else None,
                                      "model_kwargs": self._kwargs_repr}
 
 
-def uni2h_encoder(weights: str | None = None, pretrained: bool = False, **kw) -> TimmEncoder:
+def uni2h_encoder(weights: str | None = None, pretrained: bool = False, _model_kwargs: dict | None = None,
+                  **kw) -> TimmEncoder:
     """UNI2-h (ViT-H/14 with SwiGLU and 8 register tokens, 1536-d) through timm.
 
     Weights: a local ``pytorch_model.bin`` (``weights``), or ``pretrained=True`` to load the gated
     ``hf-hub:MahmoodLab/UNI2-h`` (the HF token is read from the environment by huggingface_hub,
     never passed here), else random weights with a warning. ImageNet mean/std at 224 px.
+    ``_model_kwargs`` replaces the architecture kwargs (tests build it at depth 1).
     """
     import timm
     import torch
-    mk = dict(UNI2H_KWARGS, mlp_layer=timm.layers.SwiGLUPacked, act_layer=torch.nn.SiLU)
+    mk = _model_kwargs or dict(UNI2H_KWARGS, mlp_layer=timm.layers.SwiGLUPacked, act_layer=torch.nn.SiLU)
+    # UNI2-h was trained with ImageNet normalisation; the vit_giant_patch14_224 default config
+    # says mean = std = 0.5, so the statistics are set explicitly
+    norm = (IMAGENET_MEAN, IMAGENET_STD)
     if weights is None and pretrained:
-        return TimmEncoder("hf-hub:MahmoodLab/UNI2-h", pretrained=True, model_kwargs=mk, display_name="uni2h", **kw)
-    return TimmEncoder("vit_giant_patch14_224", weights=weights, model_kwargs=mk, display_name="uni2h", **kw)
+        return TimmEncoder("hf-hub:MahmoodLab/UNI2-h", pretrained=True, model_kwargs=mk, display_name="uni2h",
+                           norm=norm, **kw)
+    return TimmEncoder("vit_giant_patch14_224", weights=weights, model_kwargs=mk, display_name="uni2h", norm=norm, **kw)
 
 
 def _split(settings: dict, allowed: set) -> dict:
