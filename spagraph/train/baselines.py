@@ -26,7 +26,6 @@ ordinary slices (tens of thousands of spots), not the 1M-spot tiled setting.
 """
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Callable
 
@@ -36,6 +35,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 from torch_geometric.utils import scatter
 
+from spagraph.train.early_stopping import EarlyStopping
 from spagraph.train.fit import seed_everything
 from spagraph.train.metrics import binary_metrics
 
@@ -298,7 +298,7 @@ def _fit_torch(kind: str, b: dict, cfg, train: list[Data], val: list[Data], seed
     for g in val:   # validation inputs computed once per fit (they never change)
         cache[id(g)] = inputs(g) | {"_g": g}
     rng = np.random.default_rng(seed)
-    best_state, best_auc, best_epoch, bad, history = None, -np.inf, -1, 0, []
+    stop, history = EarlyStopping(patience, min_epochs, has_val=bool(val)), []
     for epoch in range(epochs):
         model.train()
         losses = []
@@ -313,20 +313,15 @@ def _fit_torch(kind: str, b: dict, cfg, train: list[Data], val: list[Data], seed
         auc = _mean_val_auc(predict, val) if val else None
         rec = {"epoch": epoch, "loss": float(np.mean(losses)), "val_auc": auc}
         history.append(rec)
-        if (auc is not None and auc > best_auc + 1e-6) or (auc is None and not val):
-            best_auc = auc if auc is not None else best_auc
-            best_state, best_epoch, bad = copy.deepcopy(model.state_dict()), epoch, 0
-        else:
-            bad += 1
+        stop.update(epoch, auc, model)
         if on_epoch is not None:
             on_epoch(epoch, rec)
-        if val and bad >= patience and epoch + 1 >= min_epochs:
+        if stop.should_stop(epoch):
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    stop.restore_best(model)
     cache.clear()
     n_params = sum(p.numel() for p in model.parameters())
-    return predict, {"best_epoch": best_epoch, "best_val_auc": None if best_auc == -np.inf else float(best_auc),
+    return predict, {"best_epoch": stop.best_epoch, "best_val_auc": stop.best_val_auc,
                      "history": history, "n_features": int(d_in), "n_params": int(n_params)}
 
 

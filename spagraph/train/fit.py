@@ -1,7 +1,6 @@
 """Fit and predict loops: full-graph for ordinary slices, spatial tiles beyond."""
 from __future__ import annotations
 
-import copy
 import random
 from dataclasses import dataclass, field
 from typing import Callable
@@ -12,6 +11,7 @@ from torch_geometric.data import Data
 
 from spagraph.nn.losses import info_nce, weighted_bce
 from spagraph.nn.model import ModelSettings, SpaGraphNet
+from spagraph.train.early_stopping import EarlyStopping
 from spagraph.train.metrics import binary_metrics
 from spagraph.train.tiles import iter_tiles
 
@@ -141,16 +141,17 @@ def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: Tr
     pos_weight = n_neg / n_pos if s.class_weight else 1.0
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
-    best_state, best_auc, best_epoch, bad, history = None, -np.inf, -1, 0, []
-    start_epoch = 0
+    stop = EarlyStopping(s.patience, s.min_epochs, has_val=bool(val))
+    history, start_epoch = [], 0
     if init_state is not None:  # resume within a fold
         model.load_state_dict(init_state["model"]); opt.load_state_dict(init_state["opt"])
-        best_state, best_auc, best_epoch = init_state["best_state"], init_state["best_auc"], init_state["best_epoch"]
-        bad, history, start_epoch = init_state["bad"], init_state["history"], init_state["epoch"] + 1
+        stop.best_state, stop.best_auc = init_state["best_state"], init_state["best_auc"]
+        stop.best_epoch, stop.bad = init_state["best_epoch"], init_state["bad"]
+        history, start_epoch = init_state["history"], init_state["epoch"] + 1
         rng.bit_generator.state = init_state["rng"]; gen.set_state(init_state["gen"])
         torch.set_rng_state(init_state["torch_rng"])
-    if init_state is not None and val and bad >= s.patience and start_epoch >= s.min_epochs:
-        start_epoch = s.epochs   # the checkpointed epoch had already met the early-stopping rule
+        if stop.should_stop(start_epoch - 1):
+            start_epoch = s.epochs   # the checkpointed epoch had already met the early-stopping rule
     for epoch in range(start_epoch, s.epochs):
         model.train()
         losses = []
@@ -175,22 +176,15 @@ def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: Tr
             recent = [h["val_auc"] for h in history[-s.val_smoothing:] if h["val_auc"] is not None]
             auc = float(np.mean(recent))
             rec["val_auc_smoothed"] = auc
-        improved = auc is not None and auc > best_auc + 1e-6
-        if improved or (auc is None and not val):
-            best_auc = auc if auc is not None else best_auc
-            best_state, best_epoch, bad = copy.deepcopy(model.state_dict()), epoch, 0
-        else:
-            bad += 1
+        stop.update(epoch, auc, model)
         if progress is not None:
             progress(epoch, rec)
         if on_epoch is not None:
-            on_epoch(epoch, rec, lambda: {"model": model.state_dict(), "opt": opt.state_dict(), "best_state": best_state,
-                                          "best_auc": best_auc, "best_epoch": best_epoch, "bad": bad,
+            on_epoch(epoch, rec, lambda: {"model": model.state_dict(), "opt": opt.state_dict(), "best_state": stop.best_state,
+                                          "best_auc": stop.best_auc, "best_epoch": stop.best_epoch, "bad": stop.bad,
                                           "history": history, "epoch": epoch, "rng": rng.bit_generator.state,
                                           "gen": gen.get_state(), "torch_rng": torch.get_rng_state()})
-        if val and bad >= s.patience and epoch + 1 >= s.min_epochs:
+        if stop.should_stop(epoch):
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return FitResult(model=model, best_epoch=best_epoch,
-                     best_val_auc=None if best_auc == -np.inf else float(best_auc), history=history)
+    stop.restore_best(model)
+    return FitResult(model=model, best_epoch=stop.best_epoch, best_val_auc=stop.best_val_auc, history=history)
