@@ -27,6 +27,16 @@ def her2st_unlabelled_root() -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """On a shared 2-core machine, 2 intra-op threads on tiny tensors run far slower than 1."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def synthetic_slice():
     from spagraph.io.synthetic import make_synthetic_slice

@@ -41,14 +41,7 @@ def cfg_for(baseline: dict, epochs: int = 1):
                             "track": {"mode": "disabled"}})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On a shared 2-core machine, 2 intra-op threads on tiny tensors run ~30x slower than 1."""
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

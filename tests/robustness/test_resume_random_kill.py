@@ -70,16 +70,6 @@ class Crash(BaseException):
     """Stands for a kill: not an Exception, so nothing on the way may swallow it."""
 
 
-@pytest.fixture
-def one_thread():
-    """Under a shared, oversubscribed CPU one torch thread is 2x faster here; restored afterwards."""
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def crash_and_resume(tmp_path, setting, seed):
     from spagraph.experiment.config import load_config
     from spagraph.experiment.runner import run_experiment
