@@ -119,6 +119,7 @@ class ModelConfig(_Strict):
     contrastive_weight: float = Field(0.1, ge=0)
     temperature: float = Field(0.1, gt=0)
     modality_dropout: float = Field(0.2, ge=0, le=1)
+    linear_path: bool = False
 
     @model_validator(mode="after")
     def _heads(self):
@@ -140,6 +141,7 @@ class TrainConfig(_Strict):
     max_full_nodes: int = Field(50_000, ge=1)
     tile_size: float = Field(40.0, gt=0)
     device: str = "auto"
+    ema_decay: float = Field(0.0, ge=0, lt=1)
     seeds: list[int] = Field(default_factory=lambda: [0])
 
 

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
+from spagraph.nn.disc_mean import DiscMean
 from spagraph.nn.fusion import CrossModalFusion
 from spagraph.nn.msfa import MSFAConv
 
@@ -24,6 +25,7 @@ class ModelSettings:
     temperature: float = 0.1
     modality_dropout: float = 0.2
     input_dropout: float = 0.1
+    linear_path: bool = False  # add a linear logit on [x, disc means of x at every scale] per modality
 
 
 class _Stream(nn.Module):
@@ -43,6 +45,25 @@ class _Stream(nn.Module):
         toks = [h] + [self.act(conv(h, data[f"edge_index_{k}"], data[f"edge_dir_{k}"]))
                       for k, conv in enumerate(self.convs)]
         return torch.stack(toks, dim=1) + self.scale_emb
+
+
+class _LinearPath(nn.Module):
+    """Linear logit on a modality's input and its disc means at every scale (a "wide" term
+    beside the deep MSFA + fusion network; it alone is a spatially smoothed linear model).
+
+    x (N, F) -> (N,).
+    """
+
+    def __init__(self, d_in: int, n_scales: int, dropout: float):
+        super().__init__()
+        self.smooth = DiscMean()
+        self.drop = nn.Dropout(dropout)
+        self.lin = nn.Linear(d_in * (1 + n_scales), 1)
+        self.n_scales = n_scales
+
+    def forward(self, x: Tensor, data: Data) -> Tensor:
+        feats = [x] + [self.smooth(x, data[f"edge_index_{k}"]) for k in range(self.n_scales)]
+        return self.lin(self.drop(torch.cat(feats, dim=1))).squeeze(1)
 
 
 class SpaGraphNet(nn.Module):
@@ -69,6 +90,8 @@ class SpaGraphNet(nn.Module):
         self.fusion = CrossModalFusion(s.hidden, s.heads, s.layers, s.dropout, cross=s.cross_attention)
         self.head = nn.Sequential(nn.Linear(2 * s.hidden + 2, s.hidden), nn.GELU(), nn.Dropout(s.dropout),
                                   nn.Linear(s.hidden, 1))
+        self.wide_img = _LinearPath(d_img, n_scales, s.input_dropout) if s.linear_path and d_img > 0 else None
+        self.wide_gene = _LinearPath(d_gene, n_scales, s.input_dropout) if s.linear_path and d_gene > 0 else None
 
     def forward(self, data: Data, modality_dropout: float = 0.0) -> dict[str, Tensor]:
         n = data.num_nodes
@@ -88,4 +111,8 @@ class SpaGraphNet(nn.Module):
         gene_tok = self.gene(data.x_gene, data) * m_gene[:, None, None] if self.gene is not None else zeros
         fused, z_img, z_gene = self.fusion(img_tok, gene_tok, m_img, m_gene)
         logit = self.head(torch.cat([fused, m_img[:, None], m_gene[:, None]], dim=1)).squeeze(1)
+        if self.wide_img is not None:
+            logit = logit + m_img * self.wide_img(data.x_img, data)
+        if self.wide_gene is not None:
+            logit = logit + m_gene * self.wide_gene(data.x_gene, data)
         return {"logit": logit, "z_img": z_img, "z_gene": z_gene, "m_img": m_img, "m_gene": m_gene}

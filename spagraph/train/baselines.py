@@ -2,8 +2,11 @@
 
 ``cfg.baseline`` selects one of:
 
-``logreg``          sklearn logistic regression (class_weight balanced) on standardised features;
-                    ``smooth: true`` appends the mean neighbour features at every graph scale.
+``logreg``          sklearn logistic regression (class_weight balanced) on standardised features
+                    (``standardise: false``: as they are, e.g. PCs, whose scale carries meaning);
+                    ``smooth: true`` appends the mean neighbour features at every graph scale,
+                    ``smooth: disc`` the disc means (the spot itself included) at every scale:
+                    spatially smoothed features.
 ``mlp``             a torch MLP on the concatenated features, no graph.
 ``gcn|sage|gat``    two PyG stock layers (GCNConv / SAGEConv / GATConv) on the scale-1 edges.
 ``spacancer_like``  after SpaCancer's description: per spot the 8-direction binned neighbour means
@@ -44,7 +47,7 @@ log = logging.getLogger("spagraph")
 KINDS = ("logreg", "mlp", "gcn", "sage", "gat", "spacancer_like")
 FEATURES = ("gene", "img", "both")
 KNOWN_KEYS = {"kind", "features", "smooth", "hidden", "dropout", "lr", "weight_decay", "epochs", "patience",
-              "min_epochs", "C", "heads", "max_iter"}
+              "min_epochs", "C", "heads", "max_iter", "standardise"}
 
 Predictor = Callable[[Data], np.ndarray]
 
@@ -83,12 +86,17 @@ def direction_bin_means(x: Tensor, edge_index: Tensor, edge_dir: Tensor, n: int,
     return out.view(n, n_bins * f)
 
 
-def raw_features(g: Data, keys: list[str], smooth: bool = False) -> Tensor:
-    """Concatenated node features (+ neighbour means at each scale with ``smooth``), (n, F)."""
+def raw_features(g: Data, keys: list[str], smooth: bool | str = False) -> Tensor:
+    """Concatenated node features (+ neighbour means at each scale with ``smooth``; + disc means,
+    the spot included, with ``smooth="disc"``), (n, F)."""
     x = torch.cat([g[k].float() for k in keys], dim=1)
     if "x_img" in keys and len(keys) > 1:
         x = torch.cat([x, g.has_img.float()[:, None]], dim=1)   # a slice without image: zeros + flag 0
-    if smooth:
+    if smooth == "disc":
+        from spagraph.nn.disc_mean import DiscMean
+        disc = DiscMean()
+        x = torch.cat([x] + [disc(x, g[f"edge_index_{k}"]) for k in range(g.num_scales)], 1)
+    elif smooth:
         x = torch.cat([x] + [neighbour_means(x, g[f"edge_index_{k}"], g.num_nodes) for k in range(g.num_scales)], 1)
     return x
 
@@ -137,9 +145,11 @@ def _mean_val_auc(score_fn: Callable[[Data], np.ndarray], graphs: list[Data]) ->
 
 def _fit_logreg(b: dict, train: list[Data], val: list[Data], seed: int, keys: list[str]) -> tuple[Predictor, dict]:
     from sklearn.linear_model import LogisticRegression
-    smooth = bool(b.get("smooth", False))
+    smooth = b.get("smooth", False)
+    if smooth not in (True, False, "disc"):
+        raise ValueError(f"baseline.smooth must be true, false or 'disc', got {smooth!r}")
     xs = [raw_features(g, keys, smooth) for g in train]
-    scaler = Standardiser(xs)
+    scaler = Standardiser(xs) if b.get("standardise", True) else (lambda x: x.float())
     X = np.concatenate([scaler(x).numpy()[_labelled(g)[0]] for x, g in zip(xs, train)])
     y = np.concatenate([_labelled(g)[1] for g in train])
     clf = LogisticRegression(C=float(b.get("C", 1.0)), class_weight="balanced", max_iter=int(b.get("max_iter", 2000)),

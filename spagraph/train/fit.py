@@ -1,6 +1,7 @@
 """Fit and predict loops: full-graph for ordinary slices, spatial tiles beyond."""
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass, field
 from typing import Callable
@@ -32,6 +33,7 @@ class TrainSettings:
     max_contrastive_spots: int = 1024
     device: str = "auto"          # "cpu" | "cuda" | "auto"
     grad_clip: float = 1.0
+    ema_decay: float = 0.0        # > 0: validate, keep and return an exponential moving average of the weights
 
 
 @dataclass
@@ -116,6 +118,27 @@ def validation_auc(model: SpaGraphNet, graphs: list[Data], s: TrainSettings) -> 
     return float(np.mean(aucs)) if aucs else None
 
 
+class WeightEMA:
+    """Exponential moving average of a model's parameters, updated after every optimiser step.
+
+    ``avg <- decay * avg + (1 - decay) * current``; buffers are copied. Smooths the noisy
+    step-to-step weights of small-data training; the averaged copy is what gets validated.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = float(decay)
+        self.module = copy.deepcopy(model)
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for pa, pm in zip(self.module.parameters(), model.parameters()):
+            pa.lerp_(pm.detach(), 1.0 - self.decay)
+        for ba, bm in zip(self.module.buffers(), model.buffers()):
+            ba.copy_(bm)
+
+
 def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: TrainSettings, seed: int,
         on_epoch: Callable[[int, dict], None] | None = None, progress=None,
         init_state: dict | None = None) -> FitResult:
@@ -143,8 +166,11 @@ def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: Tr
     gen = torch.Generator().manual_seed(seed)
     stop = EarlyStopping(s.patience, s.min_epochs, has_val=bool(val))
     history, start_epoch = [], 0
+    ema = WeightEMA(model, s.ema_decay) if s.ema_decay > 0 else None
     if init_state is not None:  # resume within a fold
         model.load_state_dict(init_state["model"]); opt.load_state_dict(init_state["opt"])
+        if ema is not None and init_state.get("ema") is not None:
+            ema.module.load_state_dict(init_state["ema"])
         stop.best_state, stop.best_auc = init_state["best_state"], init_state["best_auc"]
         stop.best_epoch, stop.bad = init_state["best_epoch"], init_state["bad"]
         history, start_epoch = init_state["history"], init_state["epoch"] + 1
@@ -164,25 +190,29 @@ def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: Tr
                 if s.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
                 opt.step()
+                if ema is not None:
+                    ema.update(model)
                 losses.append(parts)
         rec = {"epoch": epoch, "loss": float(np.mean([p["bce"] + model_settings.contrastive_weight * p.get("nce", 0)
                                                         for p in losses]))}
         if any("nce" in p for p in losses):
             rec["nce"] = float(np.mean([p["nce"] for p in losses if "nce" in p]))
-        auc = validation_auc(model, val, s) if val else None
+        judged = ema.module if ema is not None else model
+        auc = validation_auc(judged, val, s) if val else None
         rec["val_auc"] = auc
         history.append(rec)
         if auc is not None and s.val_smoothing > 1:
             recent = [h["val_auc"] for h in history[-s.val_smoothing:] if h["val_auc"] is not None]
             auc = float(np.mean(recent))
             rec["val_auc_smoothed"] = auc
-        stop.update(epoch, auc, model)
+        stop.update(epoch, auc, judged)
         if progress is not None:
             progress(epoch, rec)
         if on_epoch is not None:
             on_epoch(epoch, rec, lambda: {"model": model.state_dict(), "opt": opt.state_dict(), "best_state": stop.best_state,
                                           "best_auc": stop.best_auc, "best_epoch": stop.best_epoch, "bad": stop.bad,
                                           "history": history, "epoch": epoch, "rng": rng.bit_generator.state,
+                                          "ema": ema.module.state_dict() if ema is not None else None,
                                           "gen": gen.get_state(), "torch_rng": torch.get_rng_state()})
         if stop.should_stop(epoch):
             break
