@@ -120,6 +120,8 @@ class ModelConfig(_Strict):
     temperature: float = Field(0.1, gt=0)
     modality_dropout: float = Field(0.2, ge=0, le=1)
     linear_path: bool = False
+    linear_fit: Literal["prior", "joint"] = "prior"
+    linear_C: float = Field(0.01, gt=0)
 
     @model_validator(mode="after")
     def _heads(self):
@@ -151,7 +153,7 @@ class ProtocolConfig(_Strict):
 
 
 class ThresholdConfig(_Strict):
-    method: Literal["quantile_beta", "quantile_empirical", "mixture", "val_f1", "fixed"] = "quantile_beta"
+    method: Literal["quantile_beta", "quantile_empirical", "mixture", "val_f1", "val_youden", "fixed"] = "quantile_beta"
     fixed: float = Field(0.5, ge=0, le=1)
 
 

@@ -51,16 +51,16 @@ def summary_table(metrics: dict):
     rows = pd.DataFrame(metrics["per_slice"])
     t = Table(title=f"{metrics.get('experiment', '')} — protocol {metrics['protocol']}, "
                     f"undetermined {metrics['undetermined']}, threshold {metrics.get('threshold_method')}")
-    for c in ("slice", "seeds", "n", "AUC", "AP", "F1", "F1@val-thr", "F1@quantile", "F1@mixture", "F1@0.5"):
+    for c in ("slice", "seeds", "n", "AUC", "AP", "F1", "F1@val-thr", "F1@quantile", "F1@mixture", "F1@youden", "F1@0.5"):
         t.add_column(c, justify="right" if c != "slice" else "left")
     fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
     for s, df in rows.groupby("slice", sort=False):
         m = lambda k: df[k].astype(float).mean() if k in df and df[k].notna().any() else None
         t.add_row(str(s), str(len(df)), str(int(df["n"].iloc[0])), fmt(m("auc")), fmt(m("ap")), fmt(m("f1")),
                   fmt(m("f1_val_threshold")), fmt(m("f1_quantile")), fmt(m("f1_mixture")),
-                  fmt(m("f1_fixed_0.5")))
+                  fmt(m("f1_val_youden")), fmt(m("f1_fixed_0.5")))
     mean, std = metrics["mean"], metrics["std"]
     pm = lambda k: "n/a" if mean.get(k) is None else f"{mean[k]:.3f} ± {std[k]:.3f}"
     t.add_row("mean ± std", "", "", pm("auc"), pm("ap"), pm("f1"), pm("f1_val_threshold"), pm("f1_quantile"),
-              pm("f1_mixture"), pm("f1_fixed_0.5"), style="bold")
+              pm("f1_mixture"), pm("f1_val_youden"), pm("f1_fixed_0.5"), style="bold")
     return t

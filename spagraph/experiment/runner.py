@@ -25,7 +25,7 @@ from spagraph.utils import atomic_path, atomic_write_json
 
 log = logging.getLogger("spagraph")
 
-METRIC_KEYS = ("auc", "ap", "f1", "f1_val_threshold", "f1_quantile", "f1_mixture", "f1_fixed_0.5", "accuracy", "sensitivity",
+METRIC_KEYS = ("auc", "ap", "f1", "f1_val_threshold", "f1_quantile", "f1_mixture", "f1_val_youden", "f1_fixed_0.5", "accuracy", "sensitivity",
                "specificity")
 
 
@@ -112,15 +112,16 @@ def fit_predict(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, on_e
 
 def score_fold(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, scores: dict) -> tuple[list[dict], pd.DataFrame]:
     """Thresholds (validation labels only) and metrics (test labels only) for one fold and seed."""
-    from spagraph.train.metrics import best_f1_threshold, binary_metrics
+    from spagraph.train.metrics import best_f1_threshold, best_youden_threshold, binary_metrics
     from spagraph.train.thresholds import mixture_threshold, quantile_matched_threshold
     if fold.val:
         vy = np.concatenate([graphs[n].y.numpy() for n in fold.val])
         vs = np.concatenate([scores[n] for n in fold.val])
         vm = ~np.isnan(vy)
         val_thr = best_f1_threshold(vy[vm].astype(int), vs[vm]) if vm.any() else 0.5
+        j_thr = best_youden_threshold(vy[vm].astype(int), vs[vm]) if vm.any() else 0.5
     else:
-        vs, val_thr = np.zeros(0), 0.5
+        vs, val_thr, j_thr = np.zeros(0), 0.5, 0.5
     rows, preds = [], []
     for t in fold.test:
         g, s = graphs[t], scores[t]
@@ -134,13 +135,15 @@ def score_fold(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, score
             thr, used = m_thr, m_used
         elif method == "val_f1":
             thr, used = val_thr, "val_f1"
+        elif method == "val_youden":
+            thr, used = j_thr, "val_youden"
         else:
             thr, used = q_thr, q_used
         y = g.y.numpy()
         m = ~np.isnan(y)
         row = {"slice": t, "seed": seed, "threshold_method": used, "val_threshold": float(val_thr),
                "quantile_threshold": float(q_thr), "quantile_method": q_used,
-               "mixture_threshold": float(m_thr), "mixture_method": m_used}
+               "mixture_threshold": float(m_thr), "mixture_method": m_used, "youden_threshold": float(j_thr)}
         if m.any():
             r = binary_metrics(y[m].astype(int), s[m], thr)
             row.update(r)
@@ -148,6 +151,7 @@ def score_fold(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, score
             row["f1_val_threshold"] = binary_metrics(y[m].astype(int), s[m], val_thr)["f1"]
             row["f1_quantile"] = binary_metrics(y[m].astype(int), s[m], q_thr)["f1"]
             row["f1_mixture"] = binary_metrics(y[m].astype(int), s[m], m_thr)["f1"]
+            row["f1_val_youden"] = binary_metrics(y[m].astype(int), s[m], j_thr)["f1"]
             row["f1_fixed_0.5"] = binary_metrics(y[m].astype(int), s[m], 0.5)["f1"]
         else:
             row.update({"n": 0, "threshold": float(thr), "undefined": ["no labels on this slice"]})

@@ -26,6 +26,8 @@ class ModelSettings:
     modality_dropout: float = 0.2
     input_dropout: float = 0.1
     linear_path: bool = False  # add a linear logit on [x, disc means of x at every scale] per modality
+    linear_fit: str = "prior"  # "prior": fitted first by L2 logistic regression and frozen; "joint": trained with the rest
+    linear_C: float = 0.01     # inverse L2 strength of that logistic regression (sklearn's C)
 
 
 class _Stream(nn.Module):
@@ -61,9 +63,13 @@ class _LinearPath(nn.Module):
         self.lin = nn.Linear(d_in * (1 + n_scales), 1)
         self.n_scales = n_scales
 
+    def features(self, x: Tensor, data: Data) -> Tensor:
+        """(N, F * (1 + S)): the input and its disc means at every scale."""
+        return torch.cat([x] + [self.smooth(x, data[f"edge_index_{k}"]) for k in range(self.n_scales)], dim=1)
+
     def forward(self, x: Tensor, data: Data) -> Tensor:
-        feats = [x] + [self.smooth(x, data[f"edge_index_{k}"]) for k in range(self.n_scales)]
-        return self.lin(self.drop(torch.cat(feats, dim=1))).squeeze(1)
+        f = self.features(x, data)
+        return self.lin(self.drop(f) if self.lin.weight.requires_grad else f).squeeze(1)
 
 
 class SpaGraphNet(nn.Module):
@@ -92,6 +98,10 @@ class SpaGraphNet(nn.Module):
                                   nn.Linear(s.hidden, 1))
         self.wide_img = _LinearPath(d_img, n_scales, s.input_dropout) if s.linear_path and d_img > 0 else None
         self.wide_gene = _LinearPath(d_gene, n_scales, s.input_dropout) if s.linear_path and d_gene > 0 else None
+        if s.linear_path:
+            # the deep part starts silent: training starts from the smoothed linear model
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
 
     def forward(self, data: Data, modality_dropout: float = 0.0) -> dict[str, Tensor]:
         n = data.num_nodes

@@ -139,6 +139,35 @@ class WeightEMA:
             ba.copy_(bm)
 
 
+@torch.no_grad()
+def fit_linear_prior(model: SpaGraphNet, train: list[Data], seed: int) -> None:
+    """Fit the model's linear path(s) by L2 logistic regression on the training spots and freeze them.
+
+    Features per spot: for each modality the input and its disc means at every scale, zeroed
+    where the slice lacks that modality (as the model masks it); balanced class weights;
+    ``C = settings.linear_C``. Only training labels are used.
+    """
+    from sklearn.linear_model import LogisticRegression
+    paths = [(p, key, flag) for p, key, flag in ((model.wide_img, "x_img", "has_img"), (model.wide_gene, "x_gene", "has_gene"))
+             if p is not None]
+    if not paths:
+        return
+    X, y = [], []
+    for g in train:
+        m = g.label_mask
+        X.append(torch.cat([p.features(g[key], g) * g[flag].float()[:, None] for p, key, flag in paths], 1)[m])
+        y.append(g.y[m])
+    clf = LogisticRegression(C=model.settings.linear_C, class_weight="balanced", max_iter=5000, random_state=seed)
+    clf.fit(torch.cat(X).double().numpy(), torch.cat(y).numpy().astype(int))
+    w = torch.from_numpy(clf.coef_[0]).float()
+    start = 0
+    for i, (p, _, _) in enumerate(paths):
+        d = p.lin.weight.shape[1]
+        p.lin.weight.copy_(w[start:start + d][None]); start += d
+        p.lin.bias.fill_(float(clf.intercept_[0]) if i == len(paths) - 1 else 0.0)
+        p.lin.weight.requires_grad_(False); p.lin.bias.requires_grad_(False)
+
+
 def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: TrainSettings, seed: int,
         on_epoch: Callable[[int, dict], None] | None = None, progress=None,
         init_state: dict | None = None) -> FitResult:
@@ -154,7 +183,11 @@ def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: Tr
     dev = resolve_device(s.device)
     g0 = train[0]
     model = SpaGraphNet(g0.x_img.shape[1], g0.x_gene.shape[1], g0.num_scales, g0.n_dir_bins, model_settings).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    prior = model_settings.linear_path and model_settings.linear_fit == "prior"
+    if prior:
+        fit_linear_prior(model.cpu(), train, seed)
+        model.to(dev)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr, weight_decay=s.weight_decay)
     ys = torch.cat([g.y[g.label_mask] for g in train])
     n_pos, n_neg = float((ys == 1).sum()), float((ys == 0).sum())
     if n_pos == 0 or n_neg == 0:
@@ -178,6 +211,11 @@ def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: Tr
         torch.set_rng_state(init_state["torch_rng"])
         if stop.should_stop(start_epoch - 1):
             start_epoch = s.epochs   # the checkpointed epoch had already met the early-stopping rule
+    elif prior and val:
+        # epoch -1 = the linear prior alone (deep part silent): a candidate like any epoch
+        auc0 = validation_auc(model, val, s)
+        stop.update(-1, auc0, model)
+        history.append({"epoch": -1, "loss": None, "val_auc": auc0})
     for epoch in range(start_epoch, s.epochs):
         model.train()
         losses = []

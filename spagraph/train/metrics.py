@@ -83,3 +83,23 @@ def best_f1_threshold(y: np.ndarray, score: np.ndarray) -> float:
     f1 = np.where(distinct, f1, -1)
     i = int(np.argmax(f1))
     return float(s[i])
+
+
+def best_youden_threshold(y: np.ndarray, score: np.ndarray) -> float:
+    """Threshold maximising Youden's J = sensitivity + specificity - 1 on labelled scores.
+
+    Unlike the F1-optimal threshold, J does not depend on the share of positives, so the
+    threshold carries over to a slice with another cancer fraction. Ties: the lowest such
+    threshold; 0.5 when ``y`` holds a single class.
+    """
+    y = np.asarray(y, dtype=int)
+    score = np.asarray(score, dtype=float)
+    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
+    if n_pos == 0 or n_neg == 0:
+        return 0.5
+    order = np.argsort(-score, kind="stable")
+    s, yy = score[order], y[order]
+    j = np.cumsum(yy) / n_pos - np.cumsum(1 - yy) / n_neg
+    distinct = np.r_[s[1:] != s[:-1], True]
+    j = np.where(distinct, j, -np.inf)
+    return float(s[int(np.argmax(j))])

@@ -57,16 +57,19 @@ class SavedModel:
 # ------------------------------------------------------------------ save
 
 
-def _validation_threshold(model, graphs: dict, fold, ts) -> tuple[np.ndarray, float]:
-    """The validation slices' scores and F1-optimal threshold, exactly as the runner chooses it."""
+def _validation_threshold(model, graphs: dict, fold, ts) -> tuple[np.ndarray, float, float]:
+    """The validation slices' scores, F1-optimal and Youden-optimal thresholds, exactly as the
+    runner chooses them."""
     from spagraph.train.fit import predict_scores
-    from spagraph.train.metrics import best_f1_threshold
+    from spagraph.train.metrics import best_f1_threshold, best_youden_threshold
     if not fold.val:
-        return np.zeros(0), 0.5
+        return np.zeros(0), 0.5, 0.5
     vs = np.concatenate([predict_scores(model, graphs[n], ts) for n in fold.val])
     vy = np.concatenate([graphs[n].y.numpy() for n in fold.val])
     m = ~np.isnan(vy)
-    return vs, (best_f1_threshold(vy[m].astype(int), vs[m]) if m.any() else 0.5)
+    if not m.any():
+        return vs, 0.5, 0.5
+    return vs, best_f1_threshold(vy[m].astype(int), vs[m]), best_youden_threshold(vy[m].astype(int), vs[m])
 
 
 def _fit_gene_encoder(cfg, fold, slices: dict | None, base_dir: Path | None):
@@ -93,7 +96,7 @@ def save_model(model, cfg, graphs: dict, fold, path: str | Path, slices: dict | 
     from spagraph.experiment.runner import train_settings
     path = Path(path)
     ts = train_settings(cfg)
-    vs, vthr = _validation_threshold(model, graphs, fold, ts)
+    vs, vthr, jthr = _validation_threshold(model, graphs, fold, ts)
     if gene_encoder is None and getattr(model, "d_gene", 0) > 0:
         gene_encoder = _fit_gene_encoder(cfg, fold, slices, base_dir)
     g0 = graphs[fold.train[0]]
@@ -111,7 +114,7 @@ def save_model(model, cfg, graphs: dict, fold, path: str | Path, slices: dict | 
                                if gene_encoder is not None else None),
         "fold": {"name": fold.name, "train": list(fold.train), "val": list(fold.val), "test": list(fold.test)},
         "seed": seed,
-        "val_threshold": float(vthr), "n_val_scores": int(len(vs)),
+        "val_threshold": float(vthr), "youden_threshold": float(jthr), "n_val_scores": int(len(vs)),
         "threshold_method": cfg.threshold.method, "threshold_fixed": cfg.threshold.fixed,
     }
     with atomic_dir(path) as d:        # all files or none: a failure keeps the previous folder whole
@@ -271,6 +274,11 @@ def _threshold(saved: SavedModel, target: np.ndarray) -> tuple[float, str]:
         return float(saved.meta.get("threshold_fixed", 0.5)), "fixed"
     if method == "val_f1":
         return saved.val_threshold, "val_f1"
+    if method == "val_youden":
+        return float(saved.meta.get("youden_threshold", saved.val_threshold)), "val_youden"
+    if method == "mixture":
+        from spagraph.train.thresholds import mixture_threshold
+        return mixture_threshold(target, saved.val_threshold)
     thr, used = quantile_matched_threshold(saved.val_scores, saved.val_threshold, target,
                                            "beta" if method == "quantile_beta" else "empirical")
     return thr, (f"quantile_{used}" if not used.startswith("fallback") else used)
