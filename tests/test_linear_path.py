@@ -96,3 +96,38 @@ def test_youden_threshold_ignores_prevalence_f1_does_not():
     j = [((s1 >= t) & (y1 == 1)).sum() / 400 - ((s1 >= t) & (y1 == 0)).sum() / 400 for t in ts]
     assert best_youden_threshold(y1, s1) == pytest.approx(ts[int(np.argmax(j))])
     assert best_youden_threshold(np.ones(5, int), np.linspace(0, 1, 5)) == 0.5
+
+
+def test_auc_standard_error_shrinks_with_n_and_matches_bootstrap():
+    from sklearn.metrics import roc_auc_score
+    from spagraph.train.metrics import auc_standard_error
+    assert auc_standard_error(0.8, 400, 400) < auc_standard_error(0.8, 40, 40)
+    rng = np.random.default_rng(0)
+    n = 150
+    pos, neg = rng.normal(1.2, 1, n), rng.normal(0, 1, n)
+    auc = roc_auc_score(np.r_[np.ones(n), np.zeros(n)], np.r_[pos, neg])
+    boot = [roc_auc_score(np.r_[np.ones(n), np.zeros(n)], np.r_[rng.choice(pos, n), rng.choice(neg, n)])
+            for _ in range(300)]
+    assert auc_standard_error(auc, n, n) == pytest.approx(np.std(boot), rel=0.25)
+
+
+def test_one_se_rule_keeps_the_prior_unless_the_deep_gain_is_clear():
+    # no real signal beyond the prior: tiny validation gains of the deep part are noise
+    train = [_graph(seed=s, d_img=0) for s in (1, 2)]
+    val = [_graph(seed=4, d_img=0)]
+    s = ModelSettings(hidden=8, heads=2, linear_path=True, contrastive_weight=0, dropout=0.0, input_dropout=0.0)
+    ts = dict(epochs=30, min_epochs=1, patience=30, lr=3e-2)
+    off = fit(train, val, s, TrainSettings(one_se_rule=False, **ts), seed=0)
+    on = fit(train, val, s, TrainSettings(one_se_rule=True, **ts), seed=0)
+    prior_auc = on.history[0]["val_auc"]
+    if off.best_epoch == -1:
+        pytest.skip("the deep part never beat the prior here")
+    from spagraph.train.fit import validation_auc_se
+    gain = off.best_val_auc - prior_auc
+    se = validation_auc_se(prior_auc, val)
+    assert (on.best_epoch == -1) == (gain <= se)
+    assert on.kept_prior_by_se == (gain <= se)
+    if on.best_epoch == -1:      # the returned model is the prior: its deep head is still silent
+        assert torch.count_nonzero(on.model.head[-1].weight) == 0
+    else:
+        assert torch.count_nonzero(on.model.head[-1].weight) > 0

@@ -64,11 +64,13 @@ def test_same_seed_same_metrics(tmp_path):
     assert a["mean"] == b["mean"]
 
 
-def test_test_slice_labels_unused(tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra", [None, ["model.linear_path=true", "threshold.method=val_youden"]],
+                         ids=["default", "linear_prior"])
+def test_test_slice_labels_unused(tmp_path, monkeypatch, extra):
     """Shuffling the test slice's labels leaves its scores and threshold unchanged."""
     from spagraph.experiment import runner
     from spagraph.experiment.data import Fold
-    cfg = tiny_cfg(tmp_path)
+    cfg = tiny_cfg(tmp_path, extra=extra)
     slices, groups = runner.load_slices(cfg.data)
     names = list(slices)
     fold = Fold("f", [names[0]], [names[1]], [names[2]])
@@ -119,3 +121,21 @@ def test_resume_after_kill_gives_identical_metrics(tmp_path):
     key = lambda r: (r["slice"], r["seed"])
     assert sorted([(key(r), r["auc"], r["threshold"]) for r in a["per_slice"]]) == \
            sorted([(key(r), r["auc"], r["threshold"]) for r in b["per_slice"]])
+
+
+@pytest.mark.realdata
+def test_her2st_one_fold_beats_chance_by_far(her2st_root, one_thread):
+    """One leave-one-section-out fold of experiments/her2st_loso.yaml on the real data (test A1,
+    validation B1, the other six train); a broken embedding, graph or model lands near 0.5."""
+    from spagraph.experiment import runner
+    from spagraph.experiment.data import plan_folds
+    cfg = load_config(ROOT / "experiments" / "her2st_loso.yaml", ["train.seeds=[0]", "track.mode=disabled"])
+    cfg.data.sources[0].root = str(her2st_root)
+    slices, groups = runner.load_slices(cfg.data)
+    fold = plan_folds(cfg, list(slices), groups)[0]
+    assert fold.test == ["A1"] and fold.val == ["B1"] and "A1" not in fold.train
+    graphs, _ = runner.embed_and_graph(cfg, slices, fold)
+    scores, info = runner.fit_predict(cfg, graphs, fold, seed=0)
+    rows, pred = runner.score_fold(cfg, graphs, fold, 0, scores)
+    assert rows[0]["n"] == 341 and len(pred) == slices["A1"].n_obs
+    assert rows[0]["auc"] > 0.85, rows[0]

@@ -144,6 +144,7 @@ class TrainConfig(_Strict):
     tile_size: float = Field(40.0, gt=0)
     device: str = "auto"
     ema_decay: float = Field(0.0, ge=0, lt=1)
+    one_se_rule: bool = True
     seeds: list[int] = Field(default_factory=lambda: [0])
 
 

@@ -107,6 +107,7 @@ def fit_predict(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, on_e
     res = fit(tr, va, model_settings(cfg), ts, seed, on_epoch=hook, init_state=init)
     scores = {n: predict_scores(res.model, graphs[n], ts) for n in fold.val + fold.test}
     return scores, {"best_epoch": res.best_epoch, "best_val_auc": res.best_val_auc, "history": res.history,
+                    "kept_prior_by_se": res.kept_prior_by_se,
                     "model": res.model}
 
 
@@ -278,6 +279,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fa
                 for r in rows:
                     r["best_epoch"] = info.get("best_epoch")
                     r["best_val_auc"] = info.get("best_val_auc")
+                    if info.get("kept_prior_by_se"):
+                        r["kept_prior_by_se"] = True
                 with atomic_path(cpath) as tmp:
                     preds.to_csv(tmp, index=False)
                 atomic_write_json(jpath, {"rows": rows, "fold": fold_reports[fold.name]})

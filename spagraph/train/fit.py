@@ -13,7 +13,7 @@ from torch_geometric.data import Data
 from spagraph.nn.losses import info_nce, weighted_bce
 from spagraph.nn.model import ModelSettings, SpaGraphNet
 from spagraph.train.early_stopping import EarlyStopping
-from spagraph.train.metrics import binary_metrics
+from spagraph.train.metrics import auc_standard_error, binary_metrics
 from spagraph.train.tiles import iter_tiles
 
 
@@ -34,6 +34,8 @@ class TrainSettings:
     device: str = "auto"          # "cpu" | "cuda" | "auto"
     grad_clip: float = 1.0
     ema_decay: float = 0.0        # > 0: validate, keep and return an exponential moving average of the weights
+    one_se_rule: bool = True      # with a linear prior: keep the prior alone unless an epoch beats its
+                                  # validation AUC by more than one standard error
 
 
 @dataclass
@@ -42,6 +44,7 @@ class FitResult:
     best_epoch: int
     best_val_auc: float | None
     history: list[dict] = field(default_factory=list)
+    kept_prior_by_se: bool = False   # the one-standard-error rule overrode a deep epoch
 
 
 def seed_everything(seed: int) -> None:
@@ -168,6 +171,18 @@ def fit_linear_prior(model: SpaGraphNet, train: list[Data], seed: int) -> None:
         p.lin.weight.requires_grad_(False); p.lin.bias.requires_grad_(False)
 
 
+def validation_auc_se(auc: float, graphs: list[Data]) -> float:
+    """Standard error of a mean per-slice validation AUC: Hanley-McNeil per slice at ``auc``,
+    combined as the SE of a mean of independent slices."""
+    ses = []
+    for g in graphs:
+        y = g.y.numpy()[g.label_mask.numpy()]
+        n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+        if n_pos and n_neg:
+            ses.append(auc_standard_error(auc, n_pos, n_neg))
+    return float(np.sqrt(np.sum(np.square(ses))) / len(ses)) if ses else float("inf")
+
+
 def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: TrainSettings, seed: int,
         on_epoch: Callable[[int, dict], None] | None = None, progress=None,
         init_state: dict | None = None) -> FitResult:
@@ -216,6 +231,11 @@ def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: Tr
         auc0 = validation_auc(model, val, s)
         stop.update(-1, auc0, model)
         history.append({"epoch": -1, "loss": None, "val_auc": auc0})
+    prior_rec = next((h for h in history if h["epoch"] == -1), None)
+    if init_state is not None:
+        prior_state = init_state.get("prior_state")
+    else:
+        prior_state = copy.deepcopy(stop.best_state) if prior_rec is not None and stop.best_epoch == -1 else None
     for epoch in range(start_epoch, s.epochs):
         model.train()
         losses = []
@@ -251,8 +271,15 @@ def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: Tr
                                           "best_auc": stop.best_auc, "best_epoch": stop.best_epoch, "bad": stop.bad,
                                           "history": history, "epoch": epoch, "rng": rng.bit_generator.state,
                                           "ema": ema.module.state_dict() if ema is not None else None,
+                                          "prior_state": prior_state,
                                           "gen": gen.get_state(), "torch_rng": torch.get_rng_state()})
         if stop.should_stop(epoch):
             break
+    kept = False
+    if (s.one_se_rule and prior_state is not None and prior_rec["val_auc"] is not None and stop.best_epoch != -1
+            and stop.best_auc - prior_rec["val_auc"] <= validation_auc_se(prior_rec["val_auc"], val)):
+        # the simpler model unless the deep part's validation gain exceeds one standard error
+        stop.best_state, stop.best_epoch, stop.best_auc, kept = prior_state, -1, prior_rec["val_auc"], True
     stop.restore_best(model)
-    return FitResult(model=model, best_epoch=stop.best_epoch, best_val_auc=stop.best_val_auc, history=history)
+    return FitResult(model=model, best_epoch=stop.best_epoch, best_val_auc=stop.best_val_auc, history=history,
+                     kept_prior_by_se=kept)

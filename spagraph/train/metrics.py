@@ -103,3 +103,13 @@ def best_youden_threshold(y: np.ndarray, score: np.ndarray) -> float:
     distinct = np.r_[s[1:] != s[:-1], True]
     j = np.where(distinct, j, -np.inf)
     return float(s[int(np.argmax(j))])
+
+
+def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
+    """Standard error of an AUC estimate (Hanley & McNeil 1982, exponential approximation)."""
+    if n_pos < 1 or n_neg < 1:
+        return float("inf")
+    a = float(auc)
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
+    return float(np.sqrt(max(var, 0.0)))
