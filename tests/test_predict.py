@@ -53,14 +53,16 @@ def toy_slice(seed, n=15):
     return a
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
+@pytest.fixture(scope="module", params=[False, True], ids=["deep", "linear_prior"])
+def saved(tmp_path_factory, request):
     cfg = validate_config({"name": "toy", "data": {"sources": [{"reader": "synthetic", "n_slices": 3}]},
                            "embed": {"image_encoder": None, "gene_encoder": "pca"},
                            "graph": {"scales": [1.0, 2.0], "n_dir_bins": 4},
-                           "model": {"hidden": 16, "heads": 2, "contrastive_weight": 0.0},
+                           "model": {"hidden": 16, "heads": 2, "contrastive_weight": 0.0,
+                                     "linear_path": request.param},
                            "train": {"epochs": 4, "min_epochs": 1, "seeds": [0]},
-                           "threshold": {"method": "quantile_empirical"}, "track": {"mode": "disabled"}})
+                           "threshold": {"method": "val_youden" if request.param else "quantile_empirical"},
+                           "track": {"mode": "disabled"}})
     slices = {n: toy_slice(i) for i, n in enumerate(["A", "B", "C"])}
     fold = Fold("C", ["A"], ["B"], ["C"])
     enc = ToyGeneEncoder.fit([slices["A"]])
@@ -103,7 +105,12 @@ def test_predict_write_back_keys_and_dtypes(saved, tmp_path):
     assert b.obs["spagraph_uncertainty"].dtype == np.float64 and (b.obs["spagraph_uncertainty"] > 0).any()
     assert b.obs["spagraph_risk"].dtype == np.float64
     u = b.uns["spagraph"]
-    assert u["config_hash"] == load_model(d).config_hash and u["threshold_method"].startswith("quantile")
+    m = load_model(d)
+    assert u["config_hash"] == m.config_hash
+    if m.meta["threshold_method"] == "val_youden":     # the saved validation Youden threshold, as is
+        assert u["threshold_method"] == "val_youden" and float(u["threshold"]) == pytest.approx(m.meta["youden_threshold"])
+    else:
+        assert u["threshold_method"].startswith("quantile")
     assert 0 <= float(u["threshold"]) <= 1
     np.testing.assert_array_equal(b.obs["spagraph_pred"].to_numpy(), (b.obs["spagraph_score"] >= u["threshold"]).astype(int))
     t = pd.read_csv(csv)
