@@ -131,3 +131,15 @@ def test_one_se_rule_keeps_the_prior_unless_the_deep_gain_is_clear():
         assert torch.count_nonzero(on.model.head[-1].weight) == 0
     else:
         assert torch.count_nonzero(on.model.head[-1].weight) > 0
+
+
+def test_linear_path_tiled_inference_equals_full_graph():
+    from spagraph.train.tiles import iter_tiles
+    g = _graph(n=20, d_img=3)
+    torch.manual_seed(0)
+    model = SpaGraphNet(3, 5, 2, 8, ModelSettings(hidden=8, heads=2, linear_path=True)).eval()
+    torch.nn.init.normal_(model.head[-1].weight)          # deep part on as well
+    full = predict_scores(model, g, TrainSettings(batch_mode="full"))
+    tiled = predict_scores(model, g, TrainSettings(batch_mode="tiles", tile_size=4.0))
+    assert len(list(iter_tiles(g, 4.0))) > 4
+    np.testing.assert_allclose(full, tiled, atol=1e-5)
