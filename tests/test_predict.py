@@ -125,3 +125,20 @@ def test_load_errors(tmp_path, saved):
         load_model(tmp_path)
     with pytest.raises(ValueError, match=".h5ad"):
         write_prediction(toy_slice(0), pd.DataFrame(), tmp_path / "x.csv")
+
+
+def test_saved_threshold_rules_follow_the_configured_method(saved):
+    """Each configured rule gives its own threshold at predict time (mixture used to fall
+    through to quantile matching)."""
+    from spagraph.train.saved import _threshold
+    from spagraph.train.thresholds import mixture_threshold
+    m = load_model(saved[0])
+    rng = np.random.default_rng(0)
+    target = np.r_[rng.beta(8, 2, 300), rng.beta(2, 8, 100)]          # a bimodal target slice
+    m.meta["threshold_method"] = "mixture"
+    assert _threshold(m, target) == mixture_threshold(target, m.val_threshold)
+    assert _threshold(m, target)[1] == "mixture"
+    m.meta["threshold_method"] = "val_f1"
+    assert _threshold(m, target) == (m.val_threshold, "val_f1")
+    m.meta["threshold_method"] = "val_youden"
+    assert _threshold(m, target) == (pytest.approx(m.meta["youden_threshold"]), "val_youden")
