@@ -26,7 +26,7 @@ data:
     - {reader: synthetic, n_slices: 3, n_spots: 150, seed: 11, with_image: false}
 %(split)sembed: {image_encoder: null, gene_encoder: pca, settings: {n_pcs: 10, n_hvg: 100}}
 graph: {scales: [1.0, 2.0], n_dir_bins: 4}
-model: {hidden: 16, heads: 2}
+model: %(model)s
 train: {epochs: %(epochs)d, patience: 3, min_epochs: 2, seeds: [0]}
 protocol: {kind: %(kind)s}
 track: {mode: disabled}
@@ -62,8 +62,9 @@ def kill_and_resume(tmp_path, cfg, out, wait_for, delay):
     return state
 
 
-FAST = {"epochs": 6, "kind": "fixed", "split": "  train: [syn0]\n  validate: [syn1]\n  test: [syn2]\n"}
-FULL = {"epochs": 8, "kind": "loso", "split": ""}
+MODEL = "{hidden: 16, heads: 2}"
+FAST = {"epochs": 6, "kind": "fixed", "split": "  train: [syn0]\n  validate: [syn1]\n  test: [syn2]\n", "model": MODEL}
+FULL = {"epochs": 8, "kind": "loso", "split": "", "model": MODEL}
 
 
 class Crash(BaseException):
@@ -98,6 +99,12 @@ def crash_and_resume(tmp_path, setting, seed):
 def test_resume_after_crash_at_random_epoch(tmp_path, one_thread):
     """Fast, in-process, one fold: crash at a seeded random epoch, resume, compare."""
     crash_and_resume(tmp_path, dict(FAST, epochs=4), seed=3)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_resume_with_linear_prior_and_one_se_rule(tmp_path, one_thread, seed):
+    """The prior's state and the one-SE decision survive a crash (they live in the checkpoint)."""
+    crash_and_resume(tmp_path, dict(FAST, epochs=4, model="{hidden: 16, heads: 2, linear_path: true}"), seed=seed)
 
 
 @pytest.mark.slow
