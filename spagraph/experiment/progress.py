@@ -51,8 +51,10 @@ def summary_table(metrics: dict):
     rows = pd.DataFrame(metrics["per_slice"])
     t = Table(title=f"{metrics.get('experiment', '')} — protocol {metrics['protocol']}, "
                     f"undetermined {metrics['undetermined']}, threshold {metrics.get('threshold_method')}")
-    for c in ("slice", "seeds", "n", "AUC", "AP", "F1", "F1@val-thr", "F1@quantile", "F1@mixture", "F1@youden", "F1@0.5"):
+    for c in ("slice", "seeds", "n", "AUC", "AP", "F1", "F1@val", "F1@q", "F1@mix", "F1@J", "F1@.5"):
         t.add_column(c, justify="right" if c != "slice" else "left")
+    t.caption = ("F1 at the primary threshold, then at: val = validation F1-optimal, q = quantile-matched, "
+                 "mix = mixture on the slice's own scores, J = validation Youden, .5 = fixed 0.5")
     fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
     for s, df in rows.groupby("slice", sort=False):
         m = lambda k: df[k].astype(float).mean() if k in df and df[k].notna().any() else None
