@@ -84,15 +84,25 @@ def info(path: Path = typer.Argument(..., help="her2st root, Space Ranger outs/,
     typer.echo(describe_slice(adata))
 
 
+def _set_threads(n: int) -> None:
+    """Pin torch's intra-op CPU threads (0 leaves torch's default)."""
+    if n > 0:
+        import torch
+        torch.set_num_threads(n)
+
+
 @app.command()
 @_guarded
 def run(config: Path = typer.Argument(..., help="experiment YAML (see experiments/)"),
         out: Optional[Path] = typer.Option(None, "--out", help="output directory (default: the YAML's 'out', else runs/<name>)"),
         set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key: --set train.lr=3e-4 (repeatable)"),
         resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in OUT"),
-        progress: bool = typer.Option(True, "--progress/--no-progress")):
+        progress: bool = typer.Option(True, "--progress/--no-progress"),
+        threads: int = typer.Option(0, "--threads", min=0,
+                                    help="torch CPU threads (0: torch's default); 1 is fastest on small shared machines")):
     """Run an experiment (all folds x seeds) and write predictions, metrics and maps."""
     import os
+    _set_threads(threads)
     from rich.console import Console
     from spagraph.experiment.config import ConfigError, load_config
     try:
@@ -218,8 +228,10 @@ def report(run_dir: Path = typer.Argument(..., help="finished run directory (pre
 def bench(suite: Path = typer.Argument(..., help="suite YAML listing experiments (see experiments/suites/)"),
           out: Path = typer.Option(..., "--out", help="output directory: one folder per entry, table.md/csv, per_slice_auc.png"),
           only: Optional[List[str]] = typer.Option(None, "--only", help="run only this entry now (repeatable); finished ones stay in the table"),
-          progress: bool = typer.Option(False, "--progress/--no-progress")):
+          progress: bool = typer.Option(False, "--progress/--no-progress"),
+          threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: torch's default)")):
     """Run a benchmark suite (resumable) and write its accuracy table and per-slice AUC heat-map."""
+    _set_threads(threads)
     from spagraph.bench import run_suite
     from spagraph.bench.table import table_markdown
     df = run_suite(suite, out, only=only, progress=progress)

@@ -139,3 +139,21 @@ def test_her2st_one_fold_beats_chance_by_far(her2st_root, one_thread):
     rows, pred = runner.score_fold(cfg, graphs, fold, 0, scores)
     assert rows[0]["n"] == 341 and len(pred) == slices["A1"].n_obs
     assert rows[0]["auc"] > 0.85, rows[0]
+
+
+def test_cli_run_threads_option(tmp_path):
+    import torch
+    from typer.testing import CliRunner
+    from spagraph.cli import app
+    p = tmp_path / "tiny.yaml"
+    p.write_text(TINY % {"epochs": 2, "img": "false", "enc": "null"})
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        res = CliRunner().invoke(app, ["run", str(p), "--out", str(tmp_path / "r"), "--no-progress", "--threads", "1"])
+        assert res.exit_code == 0, res.output
+        assert torch.get_num_threads() == 1 and (tmp_path / "r" / "metrics.json").exists()
+        res = CliRunner().invoke(app, ["run", str(p), "--out", str(tmp_path / "r2"), "--threads", "-1"])
+        assert res.exit_code != 0
+    finally:
+        torch.set_num_threads(before)
