@@ -155,8 +155,9 @@ class HVGEncoder:
             sel = _variable_genes(X, self.n_hvg, self.min_detect)
         self.genes = [genes[i] for i in sel]
         self.lib_genes = list(genes)
-        if self.slice_norm == "zscore":
-            Xs = np.vstack([_slice_zscore(_lognorm(a, self.genes, self.lib_genes)) for a in train]).astype(np.float64)
+        if self.slice_norm == "zscore":   # each training slice standardised on its own, as in transform
+            per_slice = np.split(X[:, sel], np.cumsum([a.n_obs for a in train])[:-1])
+            Xs = np.vstack([_slice_zscore(p) for p in per_slice]).astype(np.float64)
         else:
             Xs = X[:, sel].astype(np.float64)
         self.mean = Xs.mean(0).astype(np.float32)

@@ -113,14 +113,12 @@ def fit_predict(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, on_e
 
 def score_fold(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, scores: dict) -> tuple[list[dict], pd.DataFrame]:
     """Thresholds (validation labels only) and metrics (test labels only) for one fold and seed."""
-    from spagraph.train.metrics import best_f1_threshold, best_youden_threshold, binary_metrics
+    from spagraph.train.metrics import binary_metrics, validation_thresholds
     from spagraph.train.thresholds import mixture_threshold, quantile_matched_threshold
     if fold.val:
         vy = np.concatenate([graphs[n].y.numpy() for n in fold.val])
         vs = np.concatenate([scores[n] for n in fold.val])
-        vm = ~np.isnan(vy)
-        val_thr = best_f1_threshold(vy[vm].astype(int), vs[vm]) if vm.any() else 0.5
-        j_thr = best_youden_threshold(vy[vm].astype(int), vs[vm]) if vm.any() else 0.5
+        val_thr, j_thr = validation_thresholds(vy, vs)
     else:
         vs, val_thr, j_thr = np.zeros(0), 0.5, 0.5
     rows, preds = [], []

@@ -215,6 +215,7 @@ def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: Tr
     stop = EarlyStopping(s.patience, s.min_epochs, has_val=bool(val))
     history, start_epoch = [], 0
     ema = WeightEMA(model, s.ema_decay) if s.ema_decay > 0 else None
+    prior_state = None   # the prior-alone weights, kept for the one-SE rule
     if init_state is not None:  # resume within a fold
         model.load_state_dict(init_state["model"]); opt.load_state_dict(init_state["opt"])
         if ema is not None and init_state.get("ema") is not None:
@@ -224,6 +225,7 @@ def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: Tr
         history, start_epoch = init_state["history"], init_state["epoch"] + 1
         rng.bit_generator.state = init_state["rng"]; gen.set_state(init_state["gen"])
         torch.set_rng_state(init_state["torch_rng"])
+        prior_state = init_state.get("prior_state")
         if stop.should_stop(start_epoch - 1):
             start_epoch = s.epochs   # the checkpointed epoch had already met the early-stopping rule
     elif prior and val:
@@ -231,11 +233,9 @@ def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: Tr
         auc0 = validation_auc(model, val, s)
         stop.update(-1, auc0, model)
         history.append({"epoch": -1, "loss": None, "val_auc": auc0})
+        if stop.best_epoch == -1:
+            prior_state = stop.best_state   # EarlyStopping replaces, never mutates, its best state
     prior_rec = next((h for h in history if h["epoch"] == -1), None)
-    if init_state is not None:
-        prior_state = init_state.get("prior_state")
-    else:
-        prior_state = copy.deepcopy(stop.best_state) if prior_rec is not None and stop.best_epoch == -1 else None
     for epoch in range(start_epoch, s.epochs):
         model.train()
         losses = []

@@ -64,6 +64,16 @@ def mean_std(rows: list[dict], keys=("auc", "ap", "f1", "f1_val_threshold")) -> 
     return mean, std, count
 
 
+def _best_cut(y: np.ndarray, score: np.ndarray, objective) -> float:
+    """The score at which ``objective(tp, fp)`` (arrays over cuts "predict positive when score >=
+    s", highest first) is largest; cuts only between distinct scores; ties: the lowest threshold."""
+    order = np.argsort(-score, kind="stable")
+    s, yy = score[order], y[order]
+    tp, fp = np.cumsum(yy), np.cumsum(1 - yy)
+    value = np.where(np.r_[s[1:] != s[:-1], True], objective(tp, fp), -np.inf)
+    return float(s[int(np.argmax(value))])
+
+
 def best_f1_threshold(y: np.ndarray, score: np.ndarray) -> float:
     """Threshold maximising F1 on labelled scores (ties: the lowest such threshold).
 
@@ -73,16 +83,8 @@ def best_f1_threshold(y: np.ndarray, score: np.ndarray) -> float:
     score = np.asarray(score, dtype=float)
     if y.sum() == 0 or len(y) == 0:
         return 0.5
-    order = np.argsort(-score, kind="stable")
-    s, yy = score[order], y[order]
-    tp = np.cumsum(yy); fp = np.cumsum(1 - yy)
-    fn = yy.sum() - tp
-    f1 = 2 * tp / (2 * tp + fp + fn)
-    # only cut between distinct scores
-    distinct = np.r_[s[1:] != s[:-1], True]
-    f1 = np.where(distinct, f1, -1)
-    i = int(np.argmax(f1))
-    return float(s[i])
+    n_pos = y.sum()
+    return _best_cut(y, score, lambda tp, fp: 2 * tp / (2 * tp + fp + (n_pos - tp)))
 
 
 def best_youden_threshold(y: np.ndarray, score: np.ndarray) -> float:
@@ -97,14 +99,17 @@ def best_youden_threshold(y: np.ndarray, score: np.ndarray) -> float:
     n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
     if n_pos == 0 or n_neg == 0:
         return 0.5
-    order = np.argsort(-score, kind="stable")
-    s, yy = score[order], y[order]
-    j = np.cumsum(yy) / n_pos - np.cumsum(1 - yy) / n_neg
-    distinct = np.r_[s[1:] != s[:-1], True]
-    j = np.where(distinct, j, -np.inf)
-    return float(s[int(np.argmax(j))])
+    return _best_cut(y, score, lambda tp, fp: tp / n_pos - fp / n_neg)
 
 
+def validation_thresholds(y: np.ndarray, score: np.ndarray) -> tuple[float, float]:
+    """(F1-optimal, Youden-optimal) thresholds of validation scores; ``y`` NaN where unlabelled
+    (those spots are ignored; 0.5 for both when none is labelled)."""
+    m = ~np.isnan(np.asarray(y, dtype=float))
+    if not m.any():
+        return 0.5, 0.5
+    yy, ss = np.asarray(y)[m].astype(int), np.asarray(score)[m]
+    return best_f1_threshold(yy, ss), best_youden_threshold(yy, ss)
 def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
     """Standard error of an AUC estimate (Hanley & McNeil 1982, exponential approximation)."""
     if n_pos < 1 or n_neg < 1:

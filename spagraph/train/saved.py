@@ -61,15 +61,12 @@ def _validation_threshold(model, graphs: dict, fold, ts) -> tuple[np.ndarray, fl
     """The validation slices' scores, F1-optimal and Youden-optimal thresholds, exactly as the
     runner chooses them."""
     from spagraph.train.fit import predict_scores
-    from spagraph.train.metrics import best_f1_threshold, best_youden_threshold
+    from spagraph.train.metrics import validation_thresholds
     if not fold.val:
         return np.zeros(0), 0.5, 0.5
     vs = np.concatenate([predict_scores(model, graphs[n], ts) for n in fold.val])
     vy = np.concatenate([graphs[n].y.numpy() for n in fold.val])
-    m = ~np.isnan(vy)
-    if not m.any():
-        return vs, 0.5, 0.5
-    return vs, best_f1_threshold(vy[m].astype(int), vs[m]), best_youden_threshold(vy[m].astype(int), vs[m])
+    return (vs, *validation_thresholds(vy, vs))
 
 
 def _fit_gene_encoder(cfg, fold, slices: dict | None, base_dir: Path | None):
