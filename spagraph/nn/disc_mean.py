@@ -31,3 +31,10 @@ class DiscMean(MessagePassing):
 
     def message(self, x_j: Tensor) -> Tensor:
         return x_j
+
+
+def with_disc_means(x: Tensor, data, n_scales: int) -> Tensor:
+    """(N, F * (1 + S)): ``x`` and its disc means at each of the graph's first ``n_scales``
+    scales (``data.edge_index_k``): spatially smoothed features."""
+    disc = DiscMean()
+    return torch.cat([x] + [disc(x, data[f"edge_index_{k}"]) for k in range(n_scales)], dim=1)

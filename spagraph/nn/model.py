@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from spagraph.nn.disc_mean import DiscMean
+from spagraph.nn.disc_mean import with_disc_means
 from spagraph.nn.fusion import CrossModalFusion
 from spagraph.nn.msfa import MSFAConv
 
@@ -58,14 +58,13 @@ class _LinearPath(nn.Module):
 
     def __init__(self, d_in: int, n_scales: int, dropout: float):
         super().__init__()
-        self.smooth = DiscMean()
         self.drop = nn.Dropout(dropout)
         self.lin = nn.Linear(d_in * (1 + n_scales), 1)
         self.n_scales = n_scales
 
     def features(self, x: Tensor, data: Data) -> Tensor:
         """(N, F * (1 + S)): the input and its disc means at every scale."""
-        return torch.cat([x] + [self.smooth(x, data[f"edge_index_{k}"]) for k in range(self.n_scales)], dim=1)
+        return with_disc_means(x, data, self.n_scales)
 
     def forward(self, x: Tensor, data: Data) -> Tensor:
         f = self.features(x, data)

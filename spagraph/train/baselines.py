@@ -93,9 +93,8 @@ def raw_features(g: Data, keys: list[str], smooth: bool | str = False) -> Tensor
     if "x_img" in keys and len(keys) > 1:
         x = torch.cat([x, g.has_img.float()[:, None]], dim=1)   # a slice without image: zeros + flag 0
     if smooth == "disc":
-        from spagraph.nn.disc_mean import DiscMean
-        disc = DiscMean()
-        x = torch.cat([x] + [disc(x, g[f"edge_index_{k}"]) for k in range(g.num_scales)], 1)
+        from spagraph.nn.disc_mean import with_disc_means
+        x = with_disc_means(x, g, g.num_scales)
     elif smooth:
         x = torch.cat([x] + [neighbour_means(x, g[f"edge_index_{k}"], g.num_nodes) for k in range(g.num_scales)], 1)
     return x
