@@ -127,3 +127,22 @@ def test_neighbour_aggregates_match_loops(graphs):
             sel = ei[0][(ei[1] == i) & (ed == k)]
             want = x[sel].mean(0).numpy() if len(sel) else np.zeros(x.shape[1])
             np.testing.assert_allclose(b[i, k].numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_logreg_feature_smoothing_smooths_its_logits(graphs):
+    """feature_smoothing: a = the plain logreg's logits smoothed over edge_index_feat; needs the edges."""
+    import torch
+    from spagraph.graph.neighbours import feature_knn_edges
+    from spagraph.nn.feature_smoothing import FeatureGraphSmoothing
+    gs = [g.clone() for g in graphs]
+    for g in gs:
+        g.edge_index_feat = torch.from_numpy(feature_knn_edges(g.x_gene.numpy(), 5))
+    b = {"kind": "logreg", "features": "gene", "smooth": "disc", "standardise": False, "C": 0.1}
+    plain = fit_baseline(cfg_for(b), gs[:2], gs[2:3], 0)[0]
+    smooth = fit_baseline(cfg_for(b | {"feature_smoothing": 0.5}), gs[:2], gs[2:3], 0)[0]
+    p = np.clip(plain(gs[3]), 1e-12, 1 - 1e-12)
+    want = torch.sigmoid(FeatureGraphSmoothing(0.5)(torch.from_numpy(np.log(p / (1 - p))), gs[3].edge_index_feat))
+    np.testing.assert_allclose(smooth(gs[3]), want.numpy(), atol=1e-8)
+    assert not np.allclose(smooth(gs[3]), plain(gs[3]), atol=1e-3)
+    with pytest.raises(ValueError, match="graph.feature_knn"):
+        fit_baseline(cfg_for(b | {"feature_smoothing": 0.5}), graphs[:2], graphs[2:3], 0)

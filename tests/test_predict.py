@@ -53,15 +53,16 @@ def toy_slice(seed, n=15):
     return a
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["deep", "linear_prior"])
+@pytest.fixture(scope="module", params=["deep", "linear_prior", "feature_smoothing"])
 def saved(tmp_path_factory, request):
+    linear, knn = request.param != "deep", 4 if request.param == "feature_smoothing" else 0
     cfg = validate_config({"name": "toy", "data": {"sources": [{"reader": "synthetic", "n_slices": 3}]},
                            "embed": {"image_encoder": None, "gene_encoder": "pca"},
-                           "graph": {"scales": [1.0, 2.0], "n_dir_bins": 4},
+                           "graph": {"scales": [1.0, 2.0], "n_dir_bins": 4, "feature_knn": knn},
                            "model": {"hidden": 16, "heads": 2, "contrastive_weight": 0.0,
-                                     "linear_path": request.param},
+                                     "linear_path": linear, "feature_smoothing": 0.5 if knn else 0.0},
                            "train": {"epochs": 4, "min_epochs": 1, "seeds": [0]},
-                           "threshold": {"method": "val_youden" if request.param else "quantile_empirical"},
+                           "threshold": {"method": "val_youden" if linear else "quantile_empirical"},
                            "track": {"mode": "disabled"}})
     slices = {n: toy_slice(i) for i, n in enumerate(["A", "B", "C"])}
     fold = Fold("C", ["A"], ["B"], ["C"])
@@ -69,7 +70,7 @@ def saved(tmp_path_factory, request):
     graphs = {}
     for n, a in slices.items():
         a.obsm["gene_emb"] = enc.transform(a)
-        graphs[n] = build_slice_graph(a, GraphSettings([1.0, 2.0], 4), name=n)
+        graphs[n] = build_slice_graph(a, GraphSettings([1.0, 2.0], 4, feature_knn=knn), name=n)
     res = fit([graphs["A"]], [graphs["B"]], model_settings(cfg), train_settings(cfg), seed=0)
     d = tmp_path_factory.mktemp("models") / "C_s0"
     save_model(res.model, cfg, graphs, fold, d, gene_encoder=enc, seed=0)

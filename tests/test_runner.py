@@ -64,8 +64,9 @@ def test_same_seed_same_metrics(tmp_path):
     assert a["mean"] == b["mean"]
 
 
-@pytest.mark.parametrize("extra", [None, ["model.linear_path=true", "threshold.method=val_youden"]],
-                         ids=["default", "linear_prior"])
+@pytest.mark.parametrize("extra", [None, ["model.linear_path=true", "threshold.method=val_youden"],
+                                   ["model.linear_path=true", "graph.feature_knn=8", "model.feature_smoothing=0.5"]],
+                         ids=["default", "linear_prior", "feature_smoothing"])
 def test_test_slice_labels_unused(tmp_path, monkeypatch, extra):
     """Shuffling the test slice's labels leaves its scores and threshold unchanged."""
     from spagraph.experiment import runner

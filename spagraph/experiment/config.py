@@ -98,6 +98,8 @@ class GraphConfig(_Strict):
     scales: list[float] = Field(default_factory=lambda: [1.0, 2.0, 3.0])
     n_dir_bins: int = Field(8, ge=1, le=64)
     shells: bool = False
+    feature_knn: int = Field(0, ge=0)          # > 0: expression-neighbour edges (edge_index_feat)
+    feature_knn_on: Literal["gene", "img"] = "gene"
 
     @field_validator("scales")
     @classmethod
@@ -122,6 +124,8 @@ class ModelConfig(_Strict):
     linear_path: bool = False
     linear_fit: Literal["prior", "joint"] = "prior"
     linear_C: float = Field(0.01, gt=0)
+    feature_smoothing: float = Field(0.0, ge=0, lt=1)   # alpha of score smoothing over edge_index_feat
+    feature_smoothing_steps: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _heads(self):
@@ -187,6 +191,14 @@ class ExperimentConfig(_Strict):
     track: TrackConfig = Field(default_factory=TrackConfig)
     out: Optional[str] = None
     search: dict[str, SearchParam] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _smoothing_needs_edges(self):
+        if self.model_type == "spagraph" and self.model.feature_smoothing > 0 and self.graph.feature_knn == 0:
+            raise ValueError(f"model.feature_smoothing = {self.model.feature_smoothing} smooths scores over the "
+                             "expression-neighbour graph, but graph.feature_knn is 0 (no such edges); set "
+                             "graph.feature_knn (e.g. 10) or model.feature_smoothing: 0")
+        return self
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json", by_alias=True)

@@ -37,7 +37,7 @@ class EpochCallback:
 
 def graph_settings(cfg: ExperimentConfig):
     from spagraph.graph import GraphSettings
-    return GraphSettings(scales=list(cfg.graph.scales), n_dir_bins=cfg.graph.n_dir_bins, shells=cfg.graph.shells)
+    return GraphSettings(**cfg.graph.model_dump())
 
 
 def model_settings(cfg: ExperimentConfig):

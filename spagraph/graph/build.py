@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
-from spagraph.graph.neighbours import multiscale_edges, spot_pitch
+from spagraph.graph.neighbours import feature_knn_edges, multiscale_edges, spot_pitch
 
 
 @dataclass
@@ -17,10 +17,16 @@ class GraphSettings:
     scales : neighbourhood radii in spot pitches (median nearest-neighbour distance).
     n_dir_bins : direction sectors B of the neighbour offset angle.
     shells : rings instead of discs (each scale only adds the spots beyond the previous one).
+    feature_knn : > 0 also links every spot to its ``feature_knn`` nearest neighbours in
+        embedding space within the slice (``edge_index_feat``; no labels involved).
+    feature_knn_on : which embedding defines those neighbours: "gene" or "img" (the other one
+        when the slice lacks it).
     """
     scales: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0])
     n_dir_bins: int = 8
     shells: bool = False
+    feature_knn: int = 0
+    feature_knn_on: str = "gene"
 
 
 def build_slice_graph(adata, settings: GraphSettings | None = None, img_key: str = "img_emb",
@@ -40,7 +46,8 @@ def build_slice_graph(adata, settings: GraphSettings | None = None, img_key: str
         (zeros (n, 0) when the slice has no image), ``has_img`` / ``has_gene`` (n,) bool,
         ``pos`` (n, 2) in pitch units, ``y`` (n,) float32 with NaN for undetermined,
         ``label_mask`` (n,) bool, and per scale k: ``edge_index_k`` (2, e_k), ``edge_dir_k`` (e_k,),
-        ``edge_dist_k`` (e_k,); ``num_scales``, ``n_dir_bins``, ``pitch`` (original units), ``spot_ids``.
+        ``edge_dist_k`` (e_k,); with ``settings.feature_knn`` > 0 ``edge_index_feat`` (2, n * k) from
+        each spot's nearest neighbours in embedding space; ``num_scales``, ``n_dir_bins``, ``pitch`` (original units), ``spot_ids``.
     """
     settings = settings or GraphSettings()
     n = adata.n_obs
@@ -76,6 +83,14 @@ def build_slice_graph(adata, settings: GraphSettings | None = None, img_key: str
         data[f"edge_index_{k}"] = torch.from_numpy(e["edge_index"])
         data[f"edge_dir_{k}"] = torch.from_numpy(e["dir"])
         data[f"edge_dist_{k}"] = torch.from_numpy(e["dist"])
+    if settings.feature_knn > 0:
+        if settings.feature_knn_on not in ("gene", "img"):
+            raise ValueError(f"feature_knn_on must be 'gene' or 'img', got {settings.feature_knn_on!r}")
+        order = [x_gene, x_img] if settings.feature_knn_on == "gene" else [x_img, x_gene]
+        feats = next((x for x in order if x.shape[1] > 0), None)
+        if feats is None:
+            raise ValueError(f"slice {name or ''}: feature_knn needs an embedding (obsm['{gene_key}'] or obsm['{img_key}'])")
+        data.edge_index_feat = torch.from_numpy(feature_knn_edges(feats.numpy(), settings.feature_knn))
     data.num_scales = len(edges)
     data.n_dir_bins = settings.n_dir_bins
     data.pitch = pitch

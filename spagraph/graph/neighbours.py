@@ -125,3 +125,44 @@ def multiscale_edges(pos: np.ndarray, scales: list[float], n_bins: int = 8,
             bins = bins_all if everything else bins_all[keep]
         out.append({"edge_index": np.stack([src, dst]).astype(np.int64), "dir": bins, "dist": dist})
     return out
+
+
+def feature_knn_edges(x: np.ndarray, k: int) -> np.ndarray:
+    """Directed edges from each spot's ``k`` nearest neighbours in a feature space (Euclidean,
+    the spot itself excluded) to the spot: the slice's *expression-neighbour* graph.
+
+    Parameters
+    ----------
+    x : (n, d) features of one slice (e.g. its gene embedding).
+    k : neighbours per spot; fewer when the slice has ``k`` spots or less.
+
+    Returns
+    -------
+    (2, n * min(k, n - 1)) int64 rows (source = neighbour, destination = spot), grouped by
+    destination, nearest first. Not symmetric.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"features must be a 2-d (spots, dims) array, got shape {x.shape}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if not np.isfinite(x).all():
+        raise ValueError("features hold NaN/Inf values")
+    n = len(x)
+    kk = min(int(k), n - 1)
+    if kk < 1:
+        return np.zeros((2, 0), dtype=np.int64)
+    if x.shape[1] <= 32:
+        _, idx = cKDTree(x).query(x, k=kk + 1)
+    else:   # KD-trees lose to brute force in high dimension
+        from sklearn.neighbors import NearestNeighbors
+        _, idx = NearestNeighbors(n_neighbors=kk + 1, algorithm="brute").fit(x).kneighbors(x)
+    idx = np.asarray(idx).reshape(n, kk + 1)
+    # drop the spot itself (usually column 0; with duplicate points it may sit elsewhere)
+    rows = np.arange(n)[:, None]
+    is_self = idx == rows
+    drop = np.where(is_self.any(1), is_self.argmax(1), kk)       # no self found: drop the farthest
+    keep = np.ones_like(idx, dtype=bool)
+    keep[np.arange(n), drop] = False
+    src = idx[keep].reshape(n, kk)
+    return np.stack([src.ravel(), np.repeat(np.arange(n), kk)]).astype(np.int64)

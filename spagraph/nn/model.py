@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from spagraph.nn.disc_mean import with_disc_means
+from spagraph.nn.feature_smoothing import FeatureGraphSmoothing
 from spagraph.nn.fusion import CrossModalFusion
 from spagraph.nn.msfa import MSFAConv
 
@@ -28,6 +29,8 @@ class ModelSettings:
     linear_path: bool = False  # add a linear logit on [x, disc means of x at every scale] per modality
     linear_fit: str = "prior"  # "prior": fitted first by L2 logistic regression and frozen; "joint": trained with the rest
     linear_C: float = 0.01     # inverse L2 strength of that logistic regression (sklearn's C)
+    feature_smoothing: float = 0.0   # > 0: scores smoothed over the expression-neighbour graph at scoring time
+    feature_smoothing_steps: int = 1
 
 
 class _Stream(nn.Module):
@@ -82,6 +85,12 @@ class SpaGraphNet(nn.Module):
     ``forward(data)`` returns a dict with ``logit`` (N,), ``z_img`` / ``z_gene`` (N, H) pooled
     per-modality vectors before cross-attention (for the contrastive term), and ``m_img`` /
     ``m_gene`` (N,) the modality masks actually used.
+
+    ``smooth_logits(logit, data)`` is the scoring step after ``forward`` on a whole slice: with
+    ``settings.feature_smoothing`` > 0 the logits are smoothed over the slice's
+    expression-neighbour graph (:class:`FeatureGraphSmoothing` on ``data.edge_index_feat``).
+    It is not part of ``forward``, because those edges span the whole slice, not a spatial tile;
+    training losses see the unsmoothed logits.
     """
 
     def __init__(self, d_img: int, d_gene: int, n_scales: int, n_bins: int, settings: ModelSettings | None = None):
@@ -97,6 +106,7 @@ class SpaGraphNet(nn.Module):
                                   nn.Linear(s.hidden, 1))
         self.wide_img = _LinearPath(d_img, n_scales, s.input_dropout) if s.linear_path and d_img > 0 else None
         self.wide_gene = _LinearPath(d_gene, n_scales, s.input_dropout) if s.linear_path and d_gene > 0 else None
+        self.smooth = FeatureGraphSmoothing(s.feature_smoothing, s.feature_smoothing_steps)
         if s.linear_path:
             # the deep part starts silent: training starts from the smoothed linear model
             nn.init.zeros_(self.head[-1].weight)
@@ -125,3 +135,15 @@ class SpaGraphNet(nn.Module):
         if self.wide_gene is not None:
             logit = logit + m_gene * self.wide_gene(data.x_gene, data)
         return {"logit": logit, "z_img": z_img, "z_gene": z_gene, "m_img": m_img, "m_gene": m_gene}
+
+    def smooth_logits(self, logit: Tensor, data: Data) -> Tensor:
+        """Whole-slice logits (N,) -> smoothed over ``data.edge_index_feat`` (unchanged when off)."""
+        if self.smooth.alpha == 0.0:
+            return logit
+        e = getattr(data, "edge_index_feat", None)
+        if e is None:
+            name = getattr(data, "name", None) or "(unnamed)"
+            raise ValueError(f"slice {name}: the model smooths scores over expression neighbours "
+                             f"(feature_smoothing={self.smooth.alpha}) but the graph has no edge_index_feat; "
+                             "build it with GraphSettings(feature_knn=k)")
+        return self.smooth(logit, e.to(logit.device))

@@ -6,7 +6,9 @@
                     (``standardise: false``: as they are, e.g. PCs, whose scale carries meaning);
                     ``smooth: true`` appends the mean neighbour features at every graph scale,
                     ``smooth: disc`` the disc means (the spot itself included) at every scale:
-                    spatially smoothed features.
+                    spatially smoothed features. ``feature_smoothing: a`` (0 < a < 1) then smooths
+                    its logits over the expression-neighbour graph (``graph.feature_knn``), as
+                    spagraph's ``model.feature_smoothing`` does.
 ``mlp``             a torch MLP on the concatenated features, no graph.
 ``gcn|sage|gat``    two PyG stock layers (GCNConv / SAGEConv / GATConv) on the scale-1 edges.
 ``spacancer_like``  after SpaCancer's description: per spot the 8-direction binned neighbour means
@@ -38,6 +40,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 from torch_geometric.utils import scatter
 
+from spagraph.nn.feature_smoothing import FeatureGraphSmoothing
 from spagraph.train.early_stopping import EarlyStopping
 from spagraph.train.fit import seed_everything
 from spagraph.train.metrics import binary_metrics
@@ -47,7 +50,7 @@ log = logging.getLogger("spagraph")
 KINDS = ("logreg", "mlp", "gcn", "sage", "gat", "spacancer_like")
 FEATURES = ("gene", "img", "both")
 KNOWN_KEYS = {"kind", "features", "smooth", "hidden", "dropout", "lr", "weight_decay", "epochs", "patience",
-              "min_epochs", "C", "heads", "max_iter", "standardise"}
+              "min_epochs", "C", "heads", "max_iter", "standardise", "feature_smoothing"}
 
 Predictor = Callable[[Data], np.ndarray]
 
@@ -154,9 +157,17 @@ def _fit_logreg(b: dict, train: list[Data], val: list[Data], seed: int, keys: li
     clf = LogisticRegression(C=float(b.get("C", 1.0)), class_weight="balanced", max_iter=int(b.get("max_iter", 2000)),
                              random_state=seed)
     clf.fit(X, y)
+    alpha = float(b.get("feature_smoothing", 0.0))
+    smoother = FeatureGraphSmoothing(alpha) if alpha > 0 else None
 
     def predict(g: Data) -> np.ndarray:
-        return clf.predict_proba(scaler(raw_features(g, keys, smooth)).numpy())[:, 1].astype(np.float64)
+        z = torch.from_numpy(clf.decision_function(scaler(raw_features(g, keys, smooth)).numpy()).astype(np.float64))
+        if smoother is not None:
+            if getattr(g, "edge_index_feat", None) is None:
+                raise ValueError(f"baseline.feature_smoothing needs expression-neighbour edges: set graph.feature_knn "
+                                 f"(slice {getattr(g, 'name', None) or '(unnamed)'} has none)")
+            z = smoother(z, g.edge_index_feat)
+        return torch.sigmoid(z).numpy().astype(np.float64)
 
     return predict, {"best_epoch": None, "best_val_auc": _mean_val_auc(predict, val) if val else None,
                      "n_features": int(X.shape[1])}

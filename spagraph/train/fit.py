@@ -93,19 +93,26 @@ def _loss(model: SpaGraphNet, out: dict, y: torch.Tensor, mask: torch.Tensor, po
     return total, parts
 
 
-@torch.no_grad()
-def predict_scores(model: SpaGraphNet, data: Data, s: TrainSettings | None = None) -> np.ndarray:
-    """Cancer probability of every spot of a slice, (n,) float in [0, 1]."""
+def slice_logits(model: SpaGraphNet, data: Data, s: TrainSettings | None = None) -> torch.Tensor:
+    """Logits of every spot of a slice, (n,) on CPU: the whole graph or its tiles (interior
+    spots of each), then the model's whole-slice scoring step (:meth:`SpaGraphNet.smooth_logits`).
+    Runs in the model's current mode (eval for scores, train for MC dropout)."""
     s = s or TrainSettings()
-    model.eval()
     dev = next(model.parameters()).device
     if not _use_tiles(data, s):
-        return torch.sigmoid(model(_to(data, dev))["logit"]).cpu().numpy().astype(np.float64)
-    out = np.zeros(data.num_nodes)
-    for sub, interior in iter_tiles(data, s.tile_size):
-        p = torch.sigmoid(model(_to(sub, dev))["logit"]).cpu().numpy()
-        out[interior.numpy()] = p[: len(interior)]
-    return out
+        logit = model(_to(data, dev))["logit"].cpu()
+    else:
+        logit = torch.zeros(data.num_nodes)
+        for sub, interior in iter_tiles(data, s.tile_size):
+            logit[interior] = model(_to(sub, dev))["logit"].cpu()[: len(interior)]
+    return model.smooth_logits(logit, data)
+
+
+@torch.no_grad()
+def predict_scores(model: SpaGraphNet, data: Data, s: TrainSettings | None = None) -> np.ndarray:
+    """Cancer probability of every spot of a slice, (n,) float in [0, 1] (eval mode)."""
+    model.eval()
+    return torch.sigmoid(slice_logits(model, data, s)).numpy().astype(np.float64)
 
 
 def validation_auc(model: SpaGraphNet, graphs: list[Data], s: TrainSettings) -> float | None:

@@ -218,7 +218,8 @@ def slice_graph(adata, saved: SavedModel, name: str = "slice"):
     from spagraph.graph import GraphSettings, build_slice_graph
     g = saved.meta["graph"]
     data = build_slice_graph(adata, GraphSettings(scales=list(g["scales"]), n_dir_bins=g["n_dir_bins"],
-                                                  shells=g.get("shells", False)),
+                                                  shells=g.get("shells", False), feature_knn=g.get("feature_knn", 0),
+                                                  feature_knn_on=g.get("feature_knn_on", "gene")),
                              label_key=saved.meta.get("label_key", "cancer"), name=name)
     for key, flag, d in (("x_img", "has_img", saved.meta["d_img"]), ("x_gene", "has_gene", saved.meta["d_gene"])):
         w = data[key].shape[1]
@@ -242,22 +243,14 @@ def _enable_dropout(model: torch.nn.Module) -> None:
 @torch.no_grad()
 def mc_dropout_scores(model, data, n_passes: int, seed: int = 0, ts=None) -> np.ndarray:
     """(n_passes, n) scores with dropout active (modality dropout off). Deterministic given ``seed``."""
-    from spagraph.train.fit import _to, _use_tiles, TrainSettings
-    from spagraph.train.tiles import iter_tiles
-    ts = ts or TrainSettings()
-    dev = next(model.parameters()).device
+    from spagraph.train.fit import slice_logits
     cpu_state = torch.get_rng_state()
     torch.manual_seed(seed)
     out = np.zeros((n_passes, data.num_nodes))
     try:
         _enable_dropout(model)
         for i in range(n_passes):
-            if not _use_tiles(data, ts):
-                out[i] = torch.sigmoid(model(_to(data, dev))["logit"]).cpu().numpy()
-            else:
-                for sub, interior in iter_tiles(data, ts.tile_size):
-                    p = torch.sigmoid(model(_to(sub, dev))["logit"]).cpu().numpy()
-                    out[i, interior.numpy()] = p[: len(interior)]
+            out[i] = torch.sigmoid(slice_logits(model, data, ts)).numpy()
     finally:
         model.eval()
         torch.set_rng_state(cpu_state)
