@@ -124,3 +124,42 @@ def test_spacancer_reference_reproduces_published_means():
     m, _ = score_reference(REF, slices)
     assert round(m["mean"]["auc"], 3) == 0.956 and round(m["mean"]["ap"], 3) == 0.970
     assert all(r["n_label_mismatch"] == 0 for r in m["per_slice"])
+
+
+def test_paired_table_against_a_reference():
+    from scipy.stats import wilcoxon
+    from spagraph.bench.table import paired_markdown, paired_table
+    mat = pd.DataFrame({"s1": [0.80, 0.85, 0.80], "s2": [0.90, 0.88, 0.90], "s3": [0.70, 0.75, 0.70],
+                        "s4": [0.60, np.nan, 0.60]}, index=["ref", "a", "same"])
+    df = paired_table(mat, "ref").set_index("method")
+    d = np.array([0.05, -0.02, 0.05])                   # s4 is missing for "a": left out
+    assert df.loc["a", "n_slices"] == 3
+    assert df.loc["a", "delta_auc"] == pytest.approx(d.mean())
+    assert df.loc["a", "delta_se"] == pytest.approx(d.std(ddof=1) / np.sqrt(3))
+    assert (df.loc["a", "better"], df.loc["a", "worse"], df.loc["a", "tied"]) == (2, 1, 0)
+    assert df.loc["a", "wilcoxon_p"] == pytest.approx(wilcoxon(d).pvalue)
+    assert df.loc["same", "delta_auc"] == 0 and df.loc["same", "wilcoxon_p"] == 1.0 and df.loc["same", "tied"] == 4
+    md = paired_markdown(paired_table(mat, "ref"), "ref")
+    assert "| a | +0.0267 ± 0.0233 | 2 / 1 / 0 |" in md
+    with pytest.raises(ValueError, match="not a method"):
+        paired_table(mat, "nope")
+
+
+def test_suite_compare_to_writes_paired_table(tmp_path):
+    import yaml
+    suite = yaml.safe_load((ROOT / "experiments/suites/tiny_synthetic.yaml").read_text())
+    for e in suite["entries"]:
+        e["experiment"] = str(ROOT / "experiments/suites" / e["experiment"])
+    bad = dict(suite, compare_to="missing")
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ValueError, match="compare_to 'missing' names no entry"):
+        load_suite(tmp_path / "bad.yaml")
+    suite["compare_to"] = "logreg (genes, smoothed)"
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(suite))
+    run_suite(tmp_path / "s.yaml", tmp_path / "out")
+    paired = pd.read_csv(tmp_path / "out" / "paired.csv")
+    mat = pd.read_csv(tmp_path / "out" / "per_slice_auc.csv", index_col=0)
+    want = (mat.loc["spagraph"] - mat.loc["logreg (genes, smoothed)"]).mean()
+    assert list(paired["method"]) == ["spagraph"]
+    assert paired["delta_auc"].iloc[0] == pytest.approx(want)
+    assert "Paired against **logreg (genes, smoothed)**" in (tmp_path / "out" / "table.md").read_text()

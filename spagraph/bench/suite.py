@@ -6,6 +6,7 @@ Suite YAML::
     set: [track.mode=disabled]          # optional, applied to every experiment entry first
     maps: false                         # optional, write per-slice maps for each run
     notes: ["..."]                      # optional, printed under the table
+    compare_to: logreg (genes)          # optional: paired per-slice AUC differences against this entry
     entries:
       - name: spagraph                  # display name (and the output folder name)
         experiment: ../her2st_loso.yaml # path relative to the suite file (or the working dir)
@@ -17,7 +18,8 @@ Suite YAML::
 Each entry runs with :func:`spagraph.experiment.runner.run_experiment` into ``OUT/<name>/``.
 Resumable: an entry whose ``metrics.json`` exists with the same config hash is reused; an
 interrupted entry continues its finished (fold, seed) pairs. Then ``OUT/table.md``,
-``OUT/table.csv`` and ``OUT/per_slice_auc.png`` are written.
+``OUT/table.csv`` and ``OUT/per_slice_auc.png`` are written (with ``compare_to``, also
+``OUT/paired.csv`` and a paired table in ``table.md``).
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from spagraph.utils import atomic_path, atomic_write_json
 log = logging.getLogger("spagraph")
 
 ENTRY_KEYS = {"name", "experiment", "set", "reference"}
-SUITE_KEYS = {"name", "set", "maps", "notes", "entries"}
+SUITE_KEYS = {"name", "set", "maps", "notes", "entries", "compare_to"}
 
 
 def _resolve(p: str, base: Path) -> Path:
@@ -85,8 +87,11 @@ def load_suite(path: str | Path) -> dict:
         if ent["reference"] is not None and not ent["reference"].is_dir():
             raise FileNotFoundError(f"{path}: entry {e['name']!r}: reference directory not found: {ent['reference']}")
         entries.append(ent)
+    ref = suite.get("compare_to")
+    if ref is not None and ref not in {e["name"] for e in entries}:
+        raise ValueError(f"{path}: compare_to {ref!r} names no entry; entries: {[e['name'] for e in entries]}")
     return {"name": suite.get("name", path.stem), "maps": bool(suite.get("maps", False)),
-            "notes": list(suite.get("notes") or []), "entries": entries, "path": str(path)}
+            "notes": list(suite.get("notes") or []), "entries": entries, "path": str(path), "compare_to": ref}
 
 
 def _entry_kind(ent: dict, cfg) -> str:
@@ -157,7 +162,7 @@ def run_suite(suite_path: str | Path, out_dir: str | Path, only: list[str] | Non
         results.append((ent["name"], kind, done))
     atomic_write_json(out / "suite.json", {"suite": suite["path"], "name": suite["name"],
                                            "entries": [{"name": n, "kind": k, "dir": safe_name(n)} for n, k, _ in results]})
-    return write_tables(results, out, suite["notes"])
+    return write_tables(results, out, suite["notes"], compare_to=suite["compare_to"])
 
 
 def _hash_of(config_yaml: Path) -> str | None:

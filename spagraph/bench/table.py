@@ -65,6 +65,51 @@ def per_slice_auc(results: list[tuple[str, str, dict]]) -> pd.DataFrame:
     return mat.reindex(index=order, columns=slices)
 
 
+def paired_table(mat: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Each method against ``reference`` on the test slices both have (AUC averaged over seeds).
+
+    Columns: method, n_slices, delta_auc (mean of method - reference over slices), delta_se
+    (standard error of that mean: sample std / sqrt(n)), better / worse / tied (slices, ties
+    within 5e-4), wilcoxon_p (two-sided exact signed-rank test; 1.0 when every difference is 0;
+    NaN below 2 slices). Slices, not (slice, seed) pairs, are the units: seeds of one slice share
+    its patient and are not independent evidence.
+    """
+    from scipy.stats import wilcoxon
+    if reference not in mat.index:
+        raise ValueError(f"compare_to {reference!r} is not a method of this suite; methods: {list(mat.index)}")
+    ref = mat.loc[reference]
+    rows = []
+    for name in mat.index:
+        if name == reference:
+            continue
+        d = (mat.loc[name] - ref).dropna().to_numpy(dtype=float)
+        n = len(d)
+        row = {"method": name, "n_slices": n, "delta_auc": float(d.mean()) if n else float("nan"),
+               "delta_se": float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
+               "better": int((d > 5e-4).sum()), "worse": int((d < -5e-4).sum()),
+               "tied": int((np.abs(d) <= 5e-4).sum())}
+        if n < 2:
+            row["wilcoxon_p"] = float("nan")
+        elif not np.any(d != 0):
+            row["wilcoxon_p"] = 1.0
+        else:
+            row["wilcoxon_p"] = float(wilcoxon(d, alternative="two-sided").pvalue)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["method", "n_slices", "delta_auc", "delta_se", "better", "worse", "tied",
+                                       "wilcoxon_p"])
+
+
+def paired_markdown(df: pd.DataFrame, reference: str) -> str:
+    lines = [f"Paired against **{reference}** (per test slice, AUC averaged over seeds):", "",
+             "| method | Δ AUC ± SE | better / worse / tied slices | Wilcoxon p |", "|---|---|---|---|"]
+    for _, r in df.iterrows():
+        delta = "n/a" if np.isnan(r["delta_auc"]) else (
+            f"{r['delta_auc']:+.4f}" + ("" if np.isnan(r["delta_se"]) else f" ± {r['delta_se']:.4f}"))
+        p = "n/a" if np.isnan(r["wilcoxon_p"]) else f"{r['wilcoxon_p']:.3g}"
+        lines.append(f"| {r['method']} | {delta} | {r['better']} / {r['worse']} / {r['tied']} | {p} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_per_slice_auc(mat: pd.DataFrame, path: str | Path, title: str = "per-slice AUC (mean over seeds)") -> Path:
     """Heat-map of a methods x slices AUC matrix, values annotated; colour-blind-safe 'cividis'."""
     import matplotlib
@@ -95,14 +140,22 @@ def plot_per_slice_auc(mat: pd.DataFrame, path: str | Path, title: str = "per-sl
     return path
 
 
-def write_tables(results: list[tuple[str, str, dict]], out_dir: str | Path, notes: list[str] | None = None) -> pd.DataFrame:
-    """``table.csv``, ``table.md`` and ``per_slice_auc.png`` (+ ``per_slice_auc.csv``) in ``out_dir``."""
+def write_tables(results: list[tuple[str, str, dict]], out_dir: str | Path, notes: list[str] | None = None,
+                 compare_to: str | None = None) -> pd.DataFrame:
+    """``table.csv``, ``table.md`` and ``per_slice_auc.png`` (+ ``per_slice_auc.csv``) in ``out_dir``;
+    with ``compare_to`` (a method name) also ``paired.csv`` and a paired table in ``table.md``."""
     out = Path(out_dir)
     df = suite_table(results)
     with atomic_path(out / "table.csv") as tmp:
         df.to_csv(tmp, index=False)
-    atomic_write_text(out / "table.md", table_markdown(df, notes))
     mat = per_slice_auc(results)
+    text = table_markdown(df, notes)
+    if compare_to is not None and compare_to in mat.index:
+        paired = paired_table(mat, compare_to)
+        with atomic_path(out / "paired.csv") as tmp:
+            paired.to_csv(tmp, index=False)
+        text += "\n" + paired_markdown(paired, compare_to)
+    atomic_write_text(out / "table.md", text)
     with atomic_path(out / "per_slice_auc.csv") as tmp:
         mat.to_csv(tmp)
     if mat.size:
