@@ -33,9 +33,9 @@ def test_knn_edges_on_a_line():
 
 def test_knn_edges_match_brute_force_low_and_high_dimension():
     rng = np.random.default_rng(0)
-    for d in (3, 40):                                   # KD-tree and brute-force paths
+    for d in (3, 40):                                   # KD-tree and blockwise paths
         x = rng.normal(size=(60, d))
-        e = feature_knn_edges(x, 5)
+        e = feature_knn_edges(x, 5, chunk=7)             # blocks that do not divide n
         dist = np.linalg.norm(x[:, None] - x[None], axis=2)
         np.fill_diagonal(dist, np.inf)
         want = np.sort(np.argsort(dist, axis=1)[:, :5], axis=1)
@@ -44,9 +44,9 @@ def test_knn_edges_match_brute_force_low_and_high_dimension():
 
 
 def test_knn_edges_duplicates_small_slices_and_bad_input():
-    x = np.zeros((4, 2))                                # all identical: self must still be dropped
-    e = feature_knn_edges(x, 3)
-    assert e.shape == (2, 12) and not (e[0] == e[1]).any()
+    for d in (2, 12):                                   # all identical: self must still be dropped
+        e = feature_knn_edges(np.zeros((4, d)), 3)
+        assert e.shape == (2, 12) and not (e[0] == e[1]).any()
     assert feature_knn_edges(np.ones((3, 2)) * np.arange(3)[:, None], 10).shape == (2, 6)   # k capped at n - 1
     assert feature_knn_edges(np.ones((1, 2)), 5).shape == (2, 0)
     with pytest.raises(ValueError, match="NaN"):
