@@ -47,7 +47,8 @@ def build_slice_graph(adata, settings: GraphSettings | None = None, img_key: str
         ``pos`` (n, 2) in pitch units, ``y`` (n,) float32 with NaN for undetermined,
         ``label_mask`` (n,) bool, and per scale k: ``edge_index_k`` (2, e_k), ``edge_dir_k`` (e_k,),
         ``edge_dist_k`` (e_k,); with ``settings.feature_knn`` > 0 ``edge_index_feat`` (2, n * k) from
-        each spot's nearest neighbours in embedding space; ``num_scales``, ``n_dir_bins``, ``pitch`` (original units), ``spot_ids``.
+        each spot's nearest neighbours in embedding space; ``num_scales``, ``n_dir_bins``,
+        ``pitch`` (original units), ``spot_ids``.
     """
     settings = settings or GraphSettings()
     n = adata.n_obs

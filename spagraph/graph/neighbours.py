@@ -133,8 +133,9 @@ def feature_knn_edges(x: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
 
     Exact search: a KD-tree up to 8 dimensions, beyond it blocks of ``chunk`` rows against all
     spots (float32 distances of the centred features, ``torch.topk`` of k + 8 candidates, then
-    those ranked by exact float64 distances), memory ``chunk * n * 4`` bytes. Vectorised, no loop over spots, but O(n^2 d): about 2 s for 20k spots in 20
-    dimensions on one core (``benchmarks/README.md``); meant for slices up to some 10^5 spots.
+    those ranked by exact float64 distances), memory ``chunk * n * 4`` bytes. Vectorised, no loop
+    over spots, but O(n^2 d): on one core about 2 s for 20k spots and 50 s for 100k spots in 20
+    dimensions; meant for slices up to some 10^5 spots.
 
     Parameters
     ----------
