@@ -146,3 +146,7 @@ def test_logreg_feature_smoothing_smooths_its_logits(graphs):
     assert not np.allclose(smooth(gs[3]), plain(gs[3]), atol=1e-3)
     with pytest.raises(ValueError, match="graph.feature_knn"):
         fit_baseline(cfg_for(b | {"feature_smoothing": 0.5}), graphs[:2], graphs[2:3], 0)
+    with pytest.raises(ValueError, match="logreg' only"):
+        fit_baseline(cfg_for({"kind": "mlp", "feature_smoothing": 0.5}), gs[:2], gs[2:3], 0)
+    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+        fit_baseline(cfg_for(b | {"feature_smoothing": 1.5}), gs[:2], gs[2:3], 0)

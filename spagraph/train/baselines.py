@@ -363,8 +363,12 @@ def fit_baseline(cfg, train_graphs: list[Data], val_graphs: list[Data], seed: in
     unknown = set(b) - KNOWN_KEYS
     if unknown:
         raise ValueError(f"baseline: unknown key(s) {sorted(unknown)}; known: {sorted(KNOWN_KEYS)}")
-    if b.get("smooth") and kind != "logreg":
-        raise ValueError(f"baseline.smooth applies to kind 'logreg' only (got kind {kind!r})")
+    for key in ("smooth", "feature_smoothing"):
+        if b.get(key) and kind != "logreg":
+            raise ValueError(f"baseline.{key} applies to kind 'logreg' only (got kind {kind!r})")
+    a = b.get("feature_smoothing", 0.0)
+    if not isinstance(a, (int, float)) or not 0 <= a < 1:
+        raise ValueError(f"baseline.feature_smoothing must be a number in [0, 1), got {a!r}")
     if not train_graphs:
         raise ValueError("no training slices")
     features = b.get("features", "both")
