@@ -68,3 +68,21 @@ def test_mixture_threshold_falls_back_on_one_population():
     from spagraph.train.thresholds import mixture_threshold
     thr, method = mixture_threshold(np.full(50, 0.4), fallback=0.33)
     assert (thr, method) == (0.33, "fallback_val_threshold")
+
+
+def test_threshold_rules_name_every_method_once():
+    from spagraph.train.thresholds import (THRESHOLD_METHODS, mixture_threshold, quantile_matched_threshold,
+                                           threshold_rules)
+    rng = np.random.default_rng(0)
+    val = np.clip(np.r_[rng.beta(2, 5, 300), rng.beta(5, 2, 200)], 0, 1)
+    target = np.clip(np.r_[rng.beta(2, 5, 100), rng.beta(5, 2, 400)], 0, 1)
+    rules = threshold_rules(THRESHOLD_METHODS, val, 0.42, 0.37, target, fixed=0.6)
+    assert set(rules) == set(THRESHOLD_METHODS)
+    assert rules["val_f1"] == (0.42, "val_f1") and rules["val_youden"] == (0.37, "val_youden")
+    assert rules["fixed"] == (0.6, "fixed")
+    assert rules["mixture"] == mixture_threshold(target, 0.42)
+    for m, kind in (("quantile_beta", "beta"), ("quantile_empirical", "empirical")):
+        thr, used = quantile_matched_threshold(val, 0.42, target, kind)
+        assert rules[m][0] == thr and rules[m][1].endswith(used)
+    with pytest.raises(ValueError, match="threshold method"):
+        threshold_rules(["median"], val, 0.42, 0.37, target)

@@ -114,7 +114,7 @@ def fit_predict(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, on_e
 def score_fold(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, scores: dict) -> tuple[list[dict], pd.DataFrame]:
     """Thresholds (validation labels only) and metrics (test labels only) for one fold and seed."""
     from spagraph.train.metrics import binary_metrics, validation_thresholds
-    from spagraph.train.thresholds import mixture_threshold, quantile_matched_threshold
+    from spagraph.train.thresholds import threshold_rules
     if fold.val:
         vy = np.concatenate([graphs[n].y.numpy() for n in fold.val])
         vs = np.concatenate([scores[n] for n in fold.val])
@@ -125,19 +125,10 @@ def score_fold(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, score
     for t in fold.test:
         g, s = graphs[t], scores[t]
         method = cfg.threshold.method
-        q_thr, q_used = quantile_matched_threshold(vs, val_thr, s, "empirical" if method == "quantile_empirical" else "beta")
-        q_used = f"quantile_{q_used}" if not q_used.startswith("fallback") else q_used
-        m_thr, m_used = mixture_threshold(s, val_thr)
-        if method == "fixed":
-            thr, used = cfg.threshold.fixed, "fixed"
-        elif method == "mixture":
-            thr, used = m_thr, m_used
-        elif method == "val_f1":
-            thr, used = val_thr, "val_f1"
-        elif method == "val_youden":
-            thr, used = j_thr, "val_youden"
-        else:
-            thr, used = q_thr, q_used
+        quantile = method if method.startswith("quantile") else "quantile_beta"
+        rules = threshold_rules([method, quantile, "mixture"], vs, val_thr, j_thr, s, cfg.threshold.fixed)
+        thr, used = rules[method]
+        (q_thr, q_used), (m_thr, m_used) = rules[quantile], rules["mixture"]
         y = g.y.numpy()
         m = ~np.isnan(y)
         row = {"slice": t, "seed": seed, "threshold_method": used, "val_threshold": float(val_thr),

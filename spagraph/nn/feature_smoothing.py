@@ -56,3 +56,15 @@ class FeatureGraphSmoothing(MessagePassing):
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, steps={self.steps}"
+
+
+def feature_edges(data, alpha: float) -> Tensor:
+    """``data.edge_index_feat``, or a ValueError naming the slice when a smoothing of strength
+    ``alpha`` is asked for on a graph built without ``graph.feature_knn``."""
+    e = getattr(data, "edge_index_feat", None)
+    if e is None:
+        name = getattr(data, "name", None) or "(unnamed)"
+        raise ValueError(f"slice {name}: scores are to be smoothed over expression neighbours (feature_smoothing="
+                         f"{alpha}) but the graph has no edge_index_feat; set graph.feature_knn "
+                         "(GraphSettings(feature_knn=k))")
+    return e

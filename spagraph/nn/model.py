@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from spagraph.nn.disc_mean import with_disc_means
-from spagraph.nn.feature_smoothing import FeatureGraphSmoothing
+from spagraph.nn.feature_smoothing import FeatureGraphSmoothing, feature_edges
 from spagraph.nn.fusion import CrossModalFusion
 from spagraph.nn.msfa import MSFAConv
 
@@ -140,10 +140,4 @@ class SpaGraphNet(nn.Module):
         """Whole-slice logits (N,) -> smoothed over ``data.edge_index_feat`` (unchanged when off)."""
         if self.smooth.alpha == 0.0:
             return logit
-        e = getattr(data, "edge_index_feat", None)
-        if e is None:
-            name = getattr(data, "name", None) or "(unnamed)"
-            raise ValueError(f"slice {name}: the model smooths scores over expression neighbours "
-                             f"(feature_smoothing={self.smooth.alpha}) but the graph has no edge_index_feat; "
-                             "build it with GraphSettings(feature_knn=k)")
-        return self.smooth(logit, e.to(logit.device))
+        return self.smooth(logit, feature_edges(data, self.smooth.alpha).to(logit.device))

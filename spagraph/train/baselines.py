@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 from torch_geometric.utils import scatter
 
-from spagraph.nn.feature_smoothing import FeatureGraphSmoothing
+from spagraph.nn.feature_smoothing import FeatureGraphSmoothing, feature_edges
 from spagraph.train.early_stopping import EarlyStopping
 from spagraph.train.fit import seed_everything
 from spagraph.train.metrics import binary_metrics
@@ -163,10 +163,7 @@ def _fit_logreg(b: dict, train: list[Data], val: list[Data], seed: int, keys: li
     def predict(g: Data) -> np.ndarray:
         z = torch.from_numpy(clf.decision_function(scaler(raw_features(g, keys, smooth)).numpy()).astype(np.float64))
         if smoother is not None:
-            if getattr(g, "edge_index_feat", None) is None:
-                raise ValueError(f"baseline.feature_smoothing needs expression-neighbour edges: set graph.feature_knn "
-                                 f"(slice {getattr(g, 'name', None) or '(unnamed)'} has none)")
-            z = smoother(z, g.edge_index_feat)
+            z = smoother(z, feature_edges(g, alpha))
         return torch.sigmoid(z).numpy().astype(np.float64)
 
     return predict, {"best_epoch": None, "best_val_auc": _mean_val_auc(predict, val) if val else None,

@@ -110,6 +110,8 @@ def validation_thresholds(y: np.ndarray, score: np.ndarray) -> tuple[float, floa
         return 0.5, 0.5
     yy, ss = np.asarray(y)[m].astype(int), np.asarray(score)[m]
     return best_f1_threshold(yy, ss), best_youden_threshold(yy, ss)
+
+
 def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
     """Standard error of an AUC estimate (Hanley & McNeil 1982, exponential approximation)."""
     if n_pos < 1 or n_neg < 1:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -217,9 +217,8 @@ def slice_graph(adata, saved: SavedModel, name: str = "slice"):
     """The slice's graph with the saved graph settings, widths matched to the model."""
     from spagraph.graph import GraphSettings, build_slice_graph
     g = saved.meta["graph"]
-    data = build_slice_graph(adata, GraphSettings(scales=list(g["scales"]), n_dir_bins=g["n_dir_bins"],
-                                                  shells=g.get("shells", False), feature_knn=g.get("feature_knn", 0),
-                                                  feature_knn_on=g.get("feature_knn_on", "gene")),
+    # the saved graph section; keys a model saved by older code lacks take GraphSettings' defaults
+    data = build_slice_graph(adata, GraphSettings(**{f.name: g[f.name] for f in fields(GraphSettings) if f.name in g}),
                              label_key=saved.meta.get("label_key", "cancer"), name=name)
     for key, flag, d in (("x_img", "has_img", saved.meta["d_img"]), ("x_gene", "has_gene", saved.meta["d_gene"])):
         w = data[key].shape[1]
@@ -258,20 +257,11 @@ def mc_dropout_scores(model, data, n_passes: int, seed: int = 0, ts=None) -> np.
 
 
 def _threshold(saved: SavedModel, target: np.ndarray) -> tuple[float, str]:
-    from spagraph.train.thresholds import quantile_matched_threshold
+    from spagraph.train.thresholds import threshold_rules
     method = saved.meta.get("threshold_method", "quantile_beta")
-    if method == "fixed":
-        return float(saved.meta.get("threshold_fixed", 0.5)), "fixed"
-    if method == "val_f1":
-        return saved.val_threshold, "val_f1"
-    if method == "val_youden":
-        return float(saved.meta.get("youden_threshold", saved.val_threshold)), "val_youden"
-    if method == "mixture":
-        from spagraph.train.thresholds import mixture_threshold
-        return mixture_threshold(target, saved.val_threshold)
-    thr, used = quantile_matched_threshold(saved.val_scores, saved.val_threshold, target,
-                                           "beta" if method == "quantile_beta" else "empirical")
-    return thr, (f"quantile_{used}" if not used.startswith("fallback") else used)
+    return threshold_rules([method], saved.val_scores, saved.val_threshold,
+                           float(saved.meta.get("youden_threshold", saved.val_threshold)), target,
+                           float(saved.meta.get("threshold_fixed", 0.5)))[method]
 
 
 def predict_slice(models: list[SavedModel] | SavedModel, adata, name: str = "slice", n_mc: int = 20,

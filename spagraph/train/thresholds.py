@@ -102,3 +102,34 @@ def mixture_threshold(target_scores: np.ndarray, fallback: float) -> tuple[float
         return float(np.clip(fallback, 0, 1)), "fallback_val_threshold"
     t = float(grid[cross[0], 0])
     return float(1 / (1 + np.exp(-t))), "mixture"
+
+
+THRESHOLD_METHODS = ("quantile_beta", "quantile_empirical", "mixture", "val_f1", "val_youden", "fixed")
+
+
+def threshold_rules(methods, val_scores: np.ndarray, val_threshold: float, youden_threshold: float,
+                    target_scores: np.ndarray, fixed: float = 0.5) -> dict[str, tuple[float, str]]:
+    """The target slice's threshold under each named rule (``threshold.method`` values), each
+    computed once: ``{method: (threshold, method actually used)}``.
+
+    ``val_threshold`` / ``youden_threshold``: the validation F1- and Youden-optimal thresholds
+    (:func:`spagraph.train.metrics.validation_thresholds`); quantile rules carry the former's
+    quantile onto ``target_scores``, the mixture rule falls back to it.
+    """
+    out = {}
+    for m in dict.fromkeys(methods):
+        if m in ("quantile_beta", "quantile_empirical"):
+            thr, used = quantile_matched_threshold(val_scores, val_threshold, target_scores,
+                                                   "beta" if m == "quantile_beta" else "empirical")
+            out[m] = (thr, used if used.startswith("fallback") else f"quantile_{used}")
+        elif m == "mixture":
+            out[m] = mixture_threshold(target_scores, val_threshold)
+        elif m == "val_f1":
+            out[m] = (val_threshold, "val_f1")
+        elif m == "val_youden":
+            out[m] = (youden_threshold, "val_youden")
+        elif m == "fixed":
+            out[m] = (fixed, "fixed")
+        else:
+            raise ValueError(f"threshold method must be one of {THRESHOLD_METHODS}, got {m!r}")
+    return out
