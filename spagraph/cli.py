@@ -251,6 +251,7 @@ def embed(path: Path = typer.Argument(..., help="her2st root, Space Ranger outs/
           progress: bool = typer.Option(True, "--progress/--no-progress")):
     """Embed one slice (image + genes) and write it as .h5ad; the gene encoder is fitted on this slice itself."""
     import yaml
+    from spagraph.utils import load_yaml
     from spagraph.embed import embed_slices
     from spagraph.io import read_slice
     from spagraph.utils import atomic_path
@@ -261,7 +262,10 @@ def embed(path: Path = typer.Argument(..., help="her2st root, Space Ranger outs/
         key, eq, val = item.partition("=")
         if not eq or not key.strip():
             _fail(f"--set expects key=value, got {item!r}")
-        settings[key.strip()] = yaml.safe_load(val)
+        try:
+            settings[key.strip()] = load_yaml(val, f"--set {item}")
+        except (yaml.YAMLError, ValueError) as e:
+            _fail(f"--set {item!r}: value is not valid YAML: {e}")
     none = ("none", "null", "")
     img = None if image_encoder.lower() in none else image_encoder
     gene = None if gene_encoder.lower() in none else gene_encoder
