@@ -254,7 +254,7 @@ def embed(path: Path = typer.Argument(..., help="her2st root, Space Ranger outs/
     from spagraph.utils import load_yaml
     from spagraph.embed import embed_slices
     from spagraph.io import read_slice
-    from spagraph.utils import atomic_path
+    from spagraph.utils import write_h5ad
     if out.suffix != ".h5ad":
         _fail(f"--out must end in .h5ad, got {out}")
     settings = {}
@@ -273,8 +273,7 @@ def embed(path: Path = typer.Argument(..., help="her2st root, Space Ranger outs/
     name = slice or (adata.uns.get("spagraph_slice", {}) or {}).get("library_id") or path.stem
     rep = embed_slices({str(name): adata}, fit_on=[str(name)], image_encoder=img, gene_encoder=gene,
                        settings=settings, cache_dir=cache_dir, progress=progress)
-    with atomic_path(out) as tmp:
-        adata.write_h5ad(tmp)
+    write_h5ad(adata, out)
     typer.echo(f"{name}: {adata.n_obs} spots; genes {rep['genes_used']} used of {rep['genes_shared']}")
     if gene:
         typer.echo(f"gene_emb ({gene}): {rep['d_gene']} dims, fitted on this slice itself "

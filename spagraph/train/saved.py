@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spagraph.utils import atomic_dir, atomic_path, atomic_write_json
+from spagraph.utils import atomic_dir, atomic_path, atomic_write_json, write_h5ad
 
 log = logging.getLogger("spagraph")
 
@@ -354,8 +354,7 @@ def write_prediction(adata, table, out: str | Path) -> tuple[Path, Path]:
     out = Path(out)
     if out.suffix != ".h5ad":
         raise ValueError(f"--out must end in .h5ad, got {out}")
-    with atomic_path(out) as tmp:
-        adata.write_h5ad(tmp)
+    write_h5ad(adata, out)        # in memory first: a full disk is one clear error, not h5py noise
     csv = out.with_suffix(".csv")
     with atomic_path(csv) as tmp:
         table.to_csv(tmp, index=False)
