@@ -73,12 +73,15 @@ def fetch(dataset: str = typer.Argument(..., help="dataset card name (datasets/<
 
 @app.command()
 @_guarded
-def info(path: Path = typer.Argument(..., help="her2st root, Space Ranger outs/, or .h5ad"),
-         slice: Optional[str] = typer.Option(None, "--slice", help="slice name (her2st layout)")):
-    """Print spots, genes, image size and label counts of one slice."""
+def info(path: Path = typer.Argument(..., help="her2st root, Space Ranger outs/, Visium HD outs/, Xenium folder, SpatialData .zarr, or .h5ad"),
+         slice: Optional[str] = typer.Option(None, "--slice", help="slice name (her2st layout)"),
+         bin_um: Optional[float] = typer.Option(None, "--bin-um", help="Xenium pseudo-spot size (default 50) / Visium HD bin size (default 16), microns"),
+         grid: Optional[str] = typer.Option(None, "--grid", help="Xenium: square (default), hex or cells")):
+    """Print platform, spot/bin size, spots, genes, image size and label counts of one slice."""
     from spagraph.io import read_slice, describe_slice
+    kw = {k: v for k, v in (("bin_um", bin_um), ("grid", grid)) if v is not None}
     try:
-        adata = read_slice(path, slice_name=slice)
+        adata = read_slice(path, slice_name=slice, **kw)
     except (ValueError, FileNotFoundError, OSError) as e:
         _fail(str(e))
     typer.echo(describe_slice(adata))

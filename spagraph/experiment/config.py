@@ -27,10 +27,14 @@ class SliceSource(_Strict):
     """One source of slices.
 
     reader: ``her2st`` (root + names), ``spaceranger`` (path = outs/, optional annotation CSV),
-    ``h5ad`` (path), ``card`` (a dataset card from ``datasets/`` + the root it was fetched to), ``synthetic`` (generated: n_slices x n_spots, seed, optional batch effect).
+    ``h5ad`` (path), ``card`` (a dataset card from ``datasets/`` + the root it was fetched to), ``synthetic`` (generated: n_slices x n_spots, seed, optional batch effect),
+    ``xenium`` (path = Xenium output folder; ``bin_um`` + ``bins`` square / hex / cells, optional ``he_image`` +
+    ``he_alignment``), ``visium_hd`` (path = Space Ranger outs/; ``bin_um`` 2 / 8 / 16),
+    ``spatialdata`` (path = .zarr; optional ``table``, ``region``, ``annotation_key``).
+    ``annotation`` (CSV id,label) works for spaceranger, xenium (cell or pseudo-spot ids) and visium_hd.
     ``group`` tags slices for the transfer protocol (source / target).
     """
-    reader: Literal["her2st", "spaceranger", "h5ad", "synthetic", "card"]
+    reader: Literal["her2st", "spaceranger", "h5ad", "synthetic", "card", "xenium", "visium_hd", "spatialdata"]
     card: Optional[str] = None             # reader 'card': dataset card name (datasets/<card>.yaml) or path
     root: Optional[str] = None
     names: Optional[list[str]] = None
@@ -44,6 +48,13 @@ class SliceSource(_Strict):
     with_image: bool = True
     batch_effect: Optional[dict[str, float]] = None
     group: str = "default"
+    bin_um: Optional[float] = Field(None, gt=0)        # xenium (default 50) / visium_hd (default 16)
+    bins: Literal["square", "hex", "cells"] = "square"  # xenium pseudo-spot grid
+    he_image: Optional[str] = None                      # xenium: post-Xenium H&E ...
+    he_alignment: Optional[str] = None                  # ... and its 3x3 alignment CSV
+    table: Optional[str] = None                         # spatialdata: table name
+    region: Optional[str] = None                        # spatialdata: annotated shapes / points
+    annotation_key: Optional[str] = None                # spatialdata: obs column with label text
 
     @model_validator(mode="after")
     def _needs(self):
@@ -51,7 +62,9 @@ class SliceSource(_Strict):
             raise ValueError("reader 'her2st' needs 'root' (directory) and 'names' (list of slice names)")
         if self.reader == "card" and (not self.card or not self.root):
             raise ValueError("reader 'card' needs 'card' (dataset card name) and 'root' (where `spagraph fetch` put it)")
-        if self.reader in ("spaceranger", "h5ad") and not self.path:
+        if (self.he_image is None) != (self.he_alignment is None):
+            raise ValueError("he_image and he_alignment go together (the H&E and its 3x3 alignment CSV)")
+        if self.reader in ("spaceranger", "h5ad", "xenium", "visium_hd", "spatialdata") and not self.path:
             raise ValueError(f"reader '{self.reader}' needs 'path'")
         return self
 
