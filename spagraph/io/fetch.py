@@ -243,3 +243,25 @@ def unpack_archive(archive: Path, into: Path) -> bool:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("unpacked %s into %s", archive, into)
     return True
+
+
+def _names_slice(path: str, slice_name: str) -> bool:
+    stem = Path(path).name
+    return stem.startswith(f"{slice_name}.") or stem.startswith(f"{slice_name}_") or stem.startswith(f"{slice_name}-") \
+        or slice_name in Path(path).parts[:-1]
+
+
+class _NoBar:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    transient=True)
