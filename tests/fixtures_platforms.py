@@ -271,7 +271,10 @@ def write_visium_hd(outs: Path, extent_um=(1000.0, 800.0), bin_sizes=(16,), seed
     xy8 = np.c_[(c8 + 0.5) * 8, (r8 + 0.5) * 8]
     types = tissue.cell_type(xy8, rng)
     inside8 = tissue.in_tissue(xy8)
-    X8 = tissue.expression(types, rng.lognormal(np.log(umi_per_8um), 0.3, len(xy8)), rng)
+    lib8 = rng.lognormal(np.log(umi_per_8um), 0.3, len(xy8))
+    chunk = 50_000                                  # bounded memory for whole-slide sized fixtures
+    X8 = sp.vstack([tissue.expression(types[i:i + chunk], lib8[i:i + chunk], rng)
+                    for i in range(0, len(xy8), chunk)]).tocsr()
     X8 = sp.csr_matrix(X8.multiply(inside8[:, None].astype(np.int32)))
     full_w, full_h = int(ext[0] / mpp) + 1, int(ext[1] / mpp) + 1
     hires_scalef = 2000.0 / max(full_w, full_h)

@@ -261,3 +261,57 @@ def test_fetch_prints_manual_steps_and_unpacks(tmp_path):
     msg = str(e.value)
     assert str(dest / "S" / "annotation.csv") in msg and "ask the authors for labels.csv" in msg
     assert (dest / "S" / "spatial" / "scalefactors_json.json").exists()
+
+
+# ----------------------------------------------------------------------------- SpatialData
+def test_spatialdata_round_trip_keeps_every_spot_and_result_key(tmp_path, one_thread):
+    """slice -> SpatialData .zarr -> slice (same spots, counts, positions, labels) -> a saved model's
+    predictions -> written back as a table annotating the same circles -> read again by spatialdata."""
+    sd = pytest.importorskip("spatialdata")
+    from spagraph.experiment.config import validate_config
+    from spagraph.experiment.runner import run_experiment
+    from spagraph.io.spatialdata import read_spatialdata, write_slice_spatialdata, write_spatialdata_predictions
+    from spagraph.io.synthetic import make_synthetic_slice
+    from spagraph.train.saved import load_models, predict_slice
+    cfg = validate_config({"name": "sd", "data": {"sources": [{"reader": "synthetic", "n_slices": 3, "n_spots": 150,
+                                                               "seed": 11, "with_image": False}]},
+                           "embed": {"image_encoder": None, "gene_encoder": "pca", "settings": {"n_pcs": 10}},
+                           "graph": {"scales": [1.0], "n_dir_bins": 4}, "model": {"hidden": 16, "heads": 2},
+                           "train": {"epochs": 2, "patience": 5, "seeds": [0]}, "protocol": {"kind": "loso"},
+                           "track": {"mode": "disabled"}})
+    run_experiment(cfg, tmp_path / "run", progress=False, write_maps=False, save_models=True)
+    model_dir = sorted((tmp_path / "run" / "models").iterdir())[0]
+    a = make_synthetic_slice(n_spots=180, seed=99, library_id="target")
+    z = tmp_path / "target.zarr"
+    write_slice_spatialdata(a, z)
+    b = read_spatialdata(z, label_key="annotation")
+    assert b.n_obs == a.n_obs and b.n_vars == a.n_vars
+    assert list(b.obs["spot_name"] if "spot_name" in b.obs else sd.read_zarr(z).tables["table"].obs["spot_name"]) \
+        == list(a.obs_names)
+    assert np.allclose(b.obsm["spatial"], a.obsm["spatial"]) and (b.X != a.X).nnz == 0
+    assert (b.obs["cancer"].to_numpy(dtype=float, na_value=-1) == a.obs["cancer"].to_numpy(dtype=float, na_value=-1)).all()
+    assert b.uns["spagraph_slice"]["has_image"] and b.uns["spagraph_slice"]["platform"] == "synthetic"
+    (sa,), (sb,) = a.uns["spatial"].values(), b.uns["spatial"].values()
+    assert sb["images"]["hires"].shape == sa["images"]["hires"].shape
+    for k in ("tissue_hires_scalef", "spot_diameter_fullres"):
+        assert sb["scalefactors"][k] == pytest.approx(sa["scalefactors"][k]), k
+    predict_slice(load_models(model_dir), b, name="target", n_mc=2)
+    keys = [c for c in b.obs.columns if c.startswith("spagraph_")]
+    assert {"spagraph_score", "spagraph_pred", "spagraph_region", "spagraph_risk", "spagraph_uncertainty"} <= set(keys)
+    write_spatialdata_predictions(b, z)
+    write_spatialdata_predictions(b, z)                       # overwrite in place, still one table
+    s = sd.read_zarr(z)
+    assert set(s.tables) == {"table", "spagraph"}
+    t = s.tables["spagraph"]
+    attrs = t.uns["spatialdata_attrs"]
+    assert attrs["region"] == "spots" and t.n_obs == b.n_obs
+    inst = t.obs[attrs["instance_key"]].to_numpy()
+    assert sorted(inst) == sorted(s.shapes["spots"].index)   # every circle annotated once
+    order = pd.Index(b.obs["sd_instance_id"]).get_indexer(inst)
+    for k in keys:
+        got, want = t.obs[k].to_numpy(), b.obs[k].to_numpy()[order]
+        if pd.api.types.is_numeric_dtype(t.obs[k]):
+            assert np.allclose(got.astype(float), want.astype(float), equal_nan=True), k
+        else:
+            assert (got.astype(str) == want.astype(str)).all(), k
+    assert set(t.uns["spagraph"]) == set(k for k, v in b.uns["spagraph"].items() if v is not None)

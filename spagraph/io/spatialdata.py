@@ -3,9 +3,12 @@
 Reading: a table (AnnData with ``uns["spatialdata_attrs"]``: region, region_key, instance_key)
 annotates one shapes element (circles or polygons) or points element; the spots are its
 instances, their centres the shapes' centroids. Positions are mapped through the elements'
-transformations into the pixel frame of a reference image (the image's level 0 = spagraph's
-"full resolution"), and a downscaled level of that image becomes ``uns["spatial"][lib]["images"]["hires"]``.
-Without an image, positions stay in the coordinate system's units.
+transformations into the coordinate system (``global``), which is spagraph's "full resolution" frame
+when the reference image is a plain rescale of it (Visium / Visium HD as spatialdata-io writes them:
+global = full-resolution pixels); when the image is rotated or shifted (an aligned H&E), the image's
+level-0 pixels become the frame. A downscaled level of the image becomes
+``uns["spatial"][lib]["images"]["hires"]`` with the matching ``tissue_hires_scalef``. Without an
+image, positions stay in the coordinate system's units.
 
 Writing: :func:`write_spatialdata_predictions` adds a table of the ``spagraph_*`` columns that
 annotates the same shapes (same region, region_key and instance ids), so napari-spatialdata and
@@ -153,9 +156,16 @@ def read_spatialdata(path: str | Path, table: Optional[str] = None, region: Opti
     if img_name is not None:
         iel = sdata.images[img_name]
         T_img = _affine(iel, coordinate_system)
-        xy_px = (np.c_[xy_cs, np.ones(len(xy))] @ np.linalg.inv(T_img).T)[:, :2]
-        px_per_unit = 1.0 / float(np.sqrt(abs(np.linalg.det(T_img[:2, :2]))))
         images["hires"], scalef = _image_level(iel)
+        k = T_img[0, 0]
+        if k > 0 and np.allclose(T_img[:2, :2], k * np.eye(2), rtol=1e-9) and np.allclose(T_img[:2, 2], 0, atol=1e-9):
+            # the image is a plain rescale of the coordinate system (Visium: global = full-res pixels,
+            # hires image scaled by 1 / tissue_hires_scalef): keep the coordinate system as the frame
+            xy_px, px_per_unit = xy_cs, 1.0
+            scalef = scalef / k
+        else:   # rotated / shifted image (e.g. an aligned H&E): its level 0 becomes the frame
+            xy_px = (np.c_[xy_cs, np.ones(len(xy))] @ np.linalg.inv(T_img).T)[:, :2]
+            px_per_unit = 1.0 / float(np.sqrt(abs(np.linalg.det(T_img[:2, :2]))))
     else:
         xy_px, px_per_unit = xy_cs, 1.0
     unit_scale = float(np.sqrt(abs(np.linalg.det(T_el[:2, :2]))))
