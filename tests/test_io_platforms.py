@@ -315,3 +315,43 @@ def test_spatialdata_round_trip_keeps_every_spot_and_result_key(tmp_path, one_th
         else:
             assert (got.astype(str) == want.astype(str)).all(), k
     assert set(t.uns["spagraph"]) == set(k for k, v in b.uns["spagraph"].items() if v is not None)
+
+
+def test_visium_hd_bad_inputs_name_the_file(tmp_path):
+    import h5py
+    outs = tmp_path / "run" / "outs"
+    write_visium_hd(outs, extent_um=(160.0, 160.0), bin_sizes=(16,), seed=1, image=False)
+    d = outs / "binned_outputs" / "square_016um"
+    pos = pd.read_parquet(d / "spatial" / "tissue_positions.parquet")
+    pos.drop(columns=["pxl_col_in_fullres"]).to_parquet(d / "spatial" / "tissue_positions.parquet")
+    with pytest.raises(ValueError, match=r"tissue_positions.parquet.*pxl_col_in_fullres"):
+        read_visium_hd(outs)
+    pos.iloc[5:].to_parquet(d / "spatial" / "tissue_positions.parquet")
+    in_t = pos["in_tissue"].to_numpy()[:5].any()
+    if in_t:
+        with pytest.raises(ValueError, match="have no position"):
+            read_visium_hd(outs)
+    pos.to_parquet(d / "spatial" / "tissue_positions.parquet")
+    with h5py.File(d / "filtered_feature_bc_matrix.h5", "r+") as f:
+        data = f["matrix/data"][:]
+        data[0] = -3
+        f["matrix/data"][...] = data
+    with pytest.raises(ValueError, match=r"filtered_feature_bc_matrix.h5: negative counts"):
+        read_visium_hd(outs)
+
+
+def test_spatialdata_errors_are_clear(tmp_path):
+    pytest.importorskip("spatialdata")
+    from spagraph.io.spatialdata import read_spatialdata, write_spatialdata_predictions
+    from spagraph.io.synthetic import make_synthetic_slice
+    a = make_synthetic_slice(n_spots=60, seed=5, with_image=False)
+    with pytest.raises(ValueError, match="not read from a SpatialData store"):
+        write_spatialdata_predictions(a, tmp_path / "x.zarr")
+    from spagraph.io.spatialdata import write_slice_spatialdata
+    write_slice_spatialdata(a, tmp_path / "s.zarr")
+    with pytest.raises(ValueError, match="no table 'nope'"):
+        read_spatialdata(tmp_path / "s.zarr", table="nope")
+    b = read_spatialdata(tmp_path / "s.zarr")
+    assert not b.uns["spagraph_slice"]["has_image"] and b.n_obs == 60
+    with pytest.raises(ValueError, match="no prediction columns"):
+        write_spatialdata_predictions(b, tmp_path / "s.zarr")
