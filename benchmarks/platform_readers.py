@@ -24,7 +24,7 @@ CHILD = r"""
 import json, resource, sys, time
 t = time.perf_counter()
 kind, path, bin_um = sys.argv[1], sys.argv[2], float(sys.argv[3])
-import spagraph.io  # noqa
+import scanpy, spagraph.io  # noqa  (imports are timed apart from the read)
 t_imp = time.perf_counter()
 if kind == "hd":
     from spagraph.io.visium_hd import read_visium_hd

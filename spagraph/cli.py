@@ -170,7 +170,8 @@ def predict(model_dir: Path = typer.Argument(..., help="saved model folder (RUN/
             boundary_pitches: float = typer.Option(1.0, "--boundary-pitches", help="boundary = spots within this many pitches of the other class"),
             k_hops: Optional[int] = typer.Option(None, "--k-hops", help="boundary by hops on the scale-1 graph instead of distance"),
             max_spread: float = typer.Option(0.1, "--max-spread", help="high-risk needs uncertainty (std) <= this"),
-            plot: bool = typer.Option(True, "--plot/--no-plot", help="also write OUT.png (score, regions, risk maps)")):
+            plot: bool = typer.Option(True, "--plot/--no-plot", help="also write OUT.png (score, regions, risk maps)"),
+            sdata_table: Optional[str] = typer.Option(None, "--sdata-table", help="SLICE is a SpatialData .zarr: also write the predictions into it as this table (annotating the same shapes)")):
     """Predict a new slice with a saved model: score, prediction, regions, risk, uncertainty -> .h5ad + .csv."""
     from spagraph.io import read_slice
     from spagraph.train.saved import load_models, predict_slice, write_prediction
@@ -183,7 +184,11 @@ def predict(model_dir: Path = typer.Argument(..., help="saved model folder (RUN/
         res = predict_slice(models, adata, name=str(name), n_mc=mc_passes, distance_pitches=boundary_pitches,
                             k_hops=k_hops, max_spread=max_spread)
         h5, csv = write_prediction(adata, res["table"], out)
-    except (ValueError, FileNotFoundError, OSError) as e:
+        if sdata_table:
+            from spagraph.io.spatialdata import write_spatialdata_predictions
+            write_spatialdata_predictions(adata, slice_path, table_name=sdata_table)
+            typer.echo(f"table {sdata_table!r} written into {slice_path}")
+    except (ValueError, FileNotFoundError, OSError, ImportError) as e:
         _fail(str(e))
     t = res["table"]
     typer.echo(f"{len(models)} model(s); threshold {res['threshold']:.4f} ({res['threshold_method']}); "
