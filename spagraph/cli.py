@@ -259,9 +259,10 @@ def embed(path: Path = typer.Argument(..., help="her2st root, Space Ranger outs/
           progress: bool = typer.Option(True, "--progress/--no-progress")):
     """Embed one slice (image + genes) and write it as .h5ad; the gene encoder is fitted on this slice itself."""
     import yaml
+    from spagraph.utils import load_yaml
     from spagraph.embed import embed_slices
     from spagraph.io import read_slice
-    from spagraph.utils import atomic_path
+    from spagraph.utils import write_h5ad
     if out.suffix != ".h5ad":
         _fail(f"--out must end in .h5ad, got {out}")
     settings = {}
@@ -269,7 +270,10 @@ def embed(path: Path = typer.Argument(..., help="her2st root, Space Ranger outs/
         key, eq, val = item.partition("=")
         if not eq or not key.strip():
             _fail(f"--set expects key=value, got {item!r}")
-        settings[key.strip()] = yaml.safe_load(val)
+        try:
+            settings[key.strip()] = load_yaml(val, f"--set {item}")
+        except (yaml.YAMLError, ValueError) as e:
+            _fail(f"--set {item!r}: value is not valid YAML: {e}")
     none = ("none", "null", "")
     img = None if image_encoder.lower() in none else image_encoder
     gene = None if gene_encoder.lower() in none else gene_encoder
@@ -277,8 +281,7 @@ def embed(path: Path = typer.Argument(..., help="her2st root, Space Ranger outs/
     name = slice or (adata.uns.get("spagraph_slice", {}) or {}).get("library_id") or path.stem
     rep = embed_slices({str(name): adata}, fit_on=[str(name)], image_encoder=img, gene_encoder=gene,
                        settings=settings, cache_dir=cache_dir, progress=progress)
-    with atomic_path(out) as tmp:
-        adata.write_h5ad(tmp)
+    write_h5ad(adata, out)
     typer.echo(f"{name}: {adata.n_obs} spots; genes {rep['genes_used']} used of {rep['genes_shared']}")
     if gene:
         typer.echo(f"gene_emb ({gene}): {rep['d_gene']} dims, fitted on this slice itself "

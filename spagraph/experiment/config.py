@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
+from spagraph.utils import load_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
@@ -70,7 +71,7 @@ class SliceSource(_Strict):
 
 
 class DataConfig(_Strict):
-    sources: list[SliceSource]
+    sources: list[SliceSource] = Field(min_length=1)
     label_key: str = "cancer"
     train: Optional[list[str]] = None      # protocol 'fixed'
     validate_: Optional[list[str]] = Field(None, alias="validate")
@@ -164,6 +165,16 @@ class TrainConfig(_Strict):
     one_se_rule: bool = True
     seeds: list[int] = Field(default_factory=lambda: [0])
 
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        if not v:
+            raise ValueError("train.seeds is empty: list at least one seed, e.g. seeds: [0] (one model per seed)")
+        dup = sorted({s for s in v if v.count(s) > 1})
+        if dup:
+            raise ValueError(f"train.seeds lists seed(s) {dup} more than once; each seed is one run")
+        return v
+
 
 class ProtocolConfig(_Strict):
     kind: Literal["loso", "transfer", "fixed"] = "loso"
@@ -236,9 +247,11 @@ def _compose(path: Path) -> tuple[Any, dict[tuple, str]]:
         raise ConfigError(f"{path}: cannot read the experiment file: {e}") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data = load_yaml(text, path)          # refuses duplicate keys, naming both lines
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     lines: dict[tuple, str] = {}
 
     def walk(n, prefix):
@@ -301,8 +314,8 @@ def parse_set(assignments: list[str] | None) -> list[tuple[list[str], Any]]:
         if not keys:
             raise ConfigError(f"--set {a!r}: empty key")
         try:
-            val = yaml.safe_load(v)
-        except yaml.YAMLError as e:
+            val = load_yaml(v, f"--set {a}")
+        except (yaml.YAMLError, ValueError) as e:
             raise ConfigError(f"--set {a!r}: value is not valid YAML: {e}") from None
         out.append((keys, val))
     return out
