@@ -100,9 +100,14 @@ def run(config: Path = typer.Argument(..., help="experiment YAML (see experiment
         out: Optional[Path] = typer.Option(None, "--out", help="output directory (default: the YAML's 'out', else runs/<name>)"),
         set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key: --set train.lr=3e-4 (repeatable)"),
         resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in OUT"),
+        recompute_changed: bool = typer.Option(False, "--recompute-changed",
+                                               help="with --resume: recompute the folds whose config or data changed instead of refusing"),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
         threads: int = typer.Option(0, "--threads", min=0,
-                                    help="torch CPU threads (0: torch's default); 1 is fastest on small shared machines")):
+                                    help="torch CPU threads (0: torch's default); 1 is fastest on small shared machines"),
+        executor: str = typer.Option("local", "--executor", help="local (this process) | ray (fold x seed tasks in parallel)"),
+        address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (auto, ray://host:10001); default: start a local Ray"),
+        workers: Optional[int] = typer.Option(None, "--workers", min=1, help="CPUs of the local Ray (default: all)")):
     """Run an experiment (all folds x seeds) and write predictions, metrics and maps."""
     import os
     _set_threads(threads)
@@ -118,14 +123,19 @@ def run(config: Path = typer.Argument(..., help="experiment YAML (see experiment
     from spagraph.experiment.runner import run_experiment
     from spagraph.experiment.progress import summary_table
     from spagraph.experiment.tracking import make_tracker
+    from spagraph.experiment.executor import TaskFailed, get_executor
+    if recompute_changed and not resume:
+        _fail("--recompute-changed needs --resume")
+    ex = get_executor(executor, address, workers)
     tracker = make_tracker(cfg.track, cfg.to_dict(), out_dir, name=cfg.name, job_type="run")
     try:
         metrics = run_experiment(cfg, out_dir, resume=resume, progress=progress, tracker=tracker,
-                                 base_dir=config.resolve().parent)
-    except (ValueError, FileNotFoundError) as e:
+                                 base_dir=config.resolve().parent, executor=ex, recompute_changed=recompute_changed)
+    except (ValueError, FileNotFoundError, TaskFailed) as e:
         _fail(str(e))
     finally:
         tracker.finish()
+        ex.shutdown()
     con = Console()
     con.print(summary_table(metrics))
     con.print(f"wall time {metrics['wall_time_s']:.1f} s")
