@@ -153,8 +153,12 @@ def tune(config: Path = typer.Argument(..., help="experiment YAML with a 'search
          set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key before searching"),
          exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="slice held out of tuning entirely (nested evaluation)"),
          max_folds: Optional[int] = typer.Option(None, "--max-folds", help="use only the first N folds per trial"),
+         nested: bool = typer.Option(True, "--nested/--no-nested", help="LOSO: one study per outer test slice over the other slices only (default); --no-nested: one study over all folds"),
+         outer: Optional[List[str]] = typer.Option(None, "--outer", help="nested: tune only for these outer test slices"),
          progress: bool = typer.Option(True, "--progress/--no-progress")):
-    """Search hyper-parameters (TPE + median pruning on validation AUC); resumable; writes OUT/best.yaml."""
+    """Search hyper-parameters (TPE + median pruning on validation AUC); resumable; nested by default.
+
+    Writes OUT/best_<slice>.yaml per outer test slice (nested) or OUT/best.yaml (--no-nested)."""
     import os
     from spagraph.experiment.config import ConfigError
     from spagraph.experiment.tune import tune as run_tune
@@ -162,9 +166,14 @@ def tune(config: Path = typer.Argument(..., help="experiment YAML with a 'search
     out.mkdir(parents=True, exist_ok=True)
     try:
         summary = run_tune(config, trials, storage or f"sqlite:///{out.resolve()}/study.db", out, set_, exclude,
-                           max_folds=max_folds, progress=progress)
+                           max_folds=max_folds, progress=progress, nested=nested, outer=outer)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
+    if "outer" in summary:
+        for x, s in summary["outer"].items():
+            typer.echo(f"outer test slice {x}: best inner validation AUC {s['best_value']:.4f} "
+                       f"(trial {s['best_trial']}, {s['n_complete']} complete) -> {s['best_config']}")
+        return
     typer.echo(f"best mean validation AUC {summary['best_value']:.4f} (trial {summary['best_trial']}, "
                f"{summary['n_complete']} complete, {summary['n_pruned']} pruned)")
     typer.echo(f"best config: {out / 'best.yaml'}   plot: {out / 'study.png'}")

@@ -24,6 +24,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# Keys that once existed and were removed because nothing used them: accepted (and dropped) at
+# their old no-op value, so configs and saved models written before still load, refused otherwise.
+RETIRED = {"train": {"val_smoothing": 1, "focal_gamma": 0.0}, "model": {"feature_smoothing_steps": 1}}
+# Keys added later: left out of the config hash while at their default, so runs and saved models
+# from before they existed keep their hash (resume, suite reuse and load_model checks).
+ADDED_LATER = {"train": {"orient_augment": False}}
+
+
+def _drop_retired(section: str, data):
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for key, old in RETIRED[section].items():
+        if key in out:
+            if out[key] != old:
+                raise ValueError(f"{section}.{key} was removed (it was never used by an experiment); "
+                                 f"only its old no-op value {old!r} is still accepted, got {out[key]!r}")
+            out.pop(key)
+    return out
+
+
 class SliceSource(_Strict):
     """One source of slices.
 
@@ -139,7 +160,11 @@ class ModelConfig(_Strict):
     linear_fit: Literal["prior", "joint"] = "prior"
     linear_C: float = Field(0.01, gt=0)
     feature_smoothing: float = Field(0.0, ge=0, lt=1)   # alpha of score smoothing over edge_index_feat
-    feature_smoothing_steps: int = Field(1, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, data):
+        return _drop_retired("model", data)
 
     @model_validator(mode="after")
     def _heads(self):
@@ -154,8 +179,6 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(1e-2, ge=0)
     patience: int = Field(15, ge=1)
     min_epochs: int = Field(5, ge=1)
-    val_smoothing: int = Field(1, ge=1)
-    focal_gamma: float = Field(0.0, ge=0)
     class_weight: bool = True
     batch_mode: Literal["auto", "full", "tiles"] = "auto"
     max_full_nodes: int = Field(50_000, ge=1)
@@ -163,6 +186,7 @@ class TrainConfig(_Strict):
     device: str = "auto"
     ema_decay: float = Field(0.0, ge=0, lt=1)
     one_se_rule: bool = True
+    orient_augment: bool = False   # random cyclic shift + reflection of the direction bins per slice and step
     seeds: list[int] = Field(default_factory=lambda: [0])
 
     @field_validator("seeds")
@@ -174,6 +198,11 @@ class TrainConfig(_Strict):
         if dup:
             raise ValueError(f"train.seeds lists seed(s) {dup} more than once; each seed is one run")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, data):
+        return _drop_retired("train", data)
 
 
 class ProtocolConfig(_Strict):
@@ -230,6 +259,12 @@ class ExperimentConfig(_Strict):
     def config_hash(self) -> str:
         d = self.to_dict()
         d.pop("out", None); d.pop("track", None); d.pop("search", None)
+        for section, keys in RETIRED.items():      # hashes as before those keys were removed ...
+            d[section] = {**d[section], **keys}
+        for section, keys in ADDED_LATER.items():  # ... and before these were added (at their default)
+            for k, v in keys.items():
+                if d[section].get(k) == v:
+                    d[section].pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -35,21 +35,18 @@ class EpochCallback:
     def __call__(self, fold: str, seed: int, epoch: int, record: dict) -> None: ...
 
 
+# The library takes the validated config sections themselves (GraphSettings, ModelSettings and
+# TrainSettings are GraphConfig, ModelConfig and TrainConfig): one set of defaults.
 def graph_settings(cfg: ExperimentConfig):
-    from spagraph.graph import GraphSettings
-    return GraphSettings(**cfg.graph.model_dump())
+    return cfg.graph
 
 
 def model_settings(cfg: ExperimentConfig):
-    from spagraph.nn.model import ModelSettings
-    return ModelSettings(**cfg.model.model_dump())
+    return cfg.model
 
 
 def train_settings(cfg: ExperimentConfig):
-    from spagraph.train.fit import TrainSettings
-    d = cfg.train.model_dump()
-    d.pop("seeds")
-    return TrainSettings(**d)
+    return cfg.train
 
 
 def harmonise(graphs: list) -> None:

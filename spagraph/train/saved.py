@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -230,7 +230,7 @@ def slice_graph(adata, saved: SavedModel, name: str = "slice"):
     from spagraph.graph import GraphSettings, build_slice_graph
     g = saved.meta["graph"]
     # the saved graph section; keys a model saved by older code lacks take GraphSettings' defaults
-    data = build_slice_graph(adata, GraphSettings(**{f.name: g[f.name] for f in fields(GraphSettings) if f.name in g}),
+    data = build_slice_graph(adata, GraphSettings(**{k: g[k] for k in GraphSettings.model_fields if k in g}),
                              label_key=saved.meta.get("label_key", "cancer"), name=name)
     for key, flag, d in (("x_img", "has_img", saved.meta["d_img"]), ("x_gene", "has_gene", saved.meta["d_gene"])):
         w = data[key].shape[1]
