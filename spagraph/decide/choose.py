@@ -25,8 +25,10 @@ _CACHE: dict = {}
 
 
 def _inner_scorer(cfg, train, seed: int = 0):
-    from spagraph.train.baselines import _fit_logreg, _modalities
-    keys = _modalities(train, "both")
+    from spagraph.train.baselines import _fit_logreg
+    keys = [k for k in ("x_gene", "x_img") if train[0][k].shape[1] > 0]
+    if not keys:
+        raise ValueError("inner folds: the slices have neither gene nor image embeddings")
     b = {"smooth": "disc", "standardise": False, "C": float(getattr(cfg.model, "linear_C", 1.0) or 1.0),
          "feature_smoothing": float(getattr(cfg.model, "feature_smoothing", 0.0) or 0.0)}
     pred, _ = _fit_logreg(b, train, [], seed, keys)
@@ -43,7 +45,9 @@ def _metrics(y, pred) -> dict:
 
 
 def choose_rule(cfg, graphs: dict, fold, rules=RULES) -> dict:
-    """``{"rule", "why", "inner": {rule: {"f1", "n_below_half", "per_slice": {...}}}}`` for one outer fold."""
+    """``{"rule", "why", "inner": {rule: {"f1", "n_below_half", "per_slice": {...}}}, "prevalence_estimator"
+    ("em" | "mixture": the lower inner-fold mean absolute error of the cancer fraction),
+    "inner_prevalence_mae"}`` for one outer fold."""
     from spagraph.decide.core import decide_rules, fit_state
     pool = list(fold.train) + list(fold.val)
     key = (cfg.config_hash(), tuple(fold.train), tuple(fold.val), tuple(rules))
@@ -51,10 +55,12 @@ def choose_rule(cfg, graphs: dict, fold, rules=RULES) -> dict:
         return _CACHE[key]
     if len(pool) < 3:
         res = {"rule": "prior_adjusted", "inner": {},
-               "why": f"only {len(pool)} training+validation slice(s): no inner folds; prior_adjusted by default"}
+               "why": f"only {len(pool)} training+validation slice(s): no inner folds; prior_adjusted by default",
+               "prevalence_estimator": "em", "inner_prevalence_mae": {}}
         _CACHE[key] = res
         return res
     per_rule = {r: {} for r in rules}
+    prev_err = {"em": [], "mixture": []}
     for i, t in enumerate(pool):
         v = pool[(i + 1) % len(pool)]
         tr = [graphs[n] for n in pool if n not in (t, v)]
@@ -73,6 +79,10 @@ def choose_rule(cfg, graphs: dict, fold, rules=RULES) -> dict:
             continue
         for r, d in sd.rules.items():
             per_rule[r][t] = _metrics(y[m], d.pred[m])
+        true = float(y[m].mean())
+        for k, v in (("em", sd.prevalence), ("mixture", sd.prevalence_mixture)):
+            if v is not None:
+                prev_err[k].append(abs(v - true))
     inner = {}
     for r, rows in per_rule.items():
         f1s = [x["f1"] for x in rows.values() if x["f1"] is not None]
@@ -89,5 +99,8 @@ def choose_rule(cfg, graphs: dict, fold, rules=RULES) -> dict:
                "why": (f"inner leave-one-slice-out over {len(pool)} training slices ({', '.join(map(str, pool))}): "
                        f"{best} had mean inner F1 {inner[best]['f1']:.3f} with {inner[best]['n_below_half']} slice(s) "
                        "below 0.5 sensitivity or specificity (fewest such slices, then highest F1)")}
+    mae = {k: float(np.mean(v)) for k, v in prev_err.items() if v}
+    res["prevalence_estimator"] = min(mae, key=lambda k: (mae[k], k != "em")) if mae else "em"
+    res["inner_prevalence_mae"] = mae
     _CACHE[key] = res
     return res

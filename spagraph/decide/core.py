@@ -88,12 +88,13 @@ def decide_rules(scores, state: DecisionState, rules, edge_index=None, guard: bo
     pi = em["prevalence"] if em["prevalence"] is not None else cal.prior
     q = em["posteriors"]
     bim = bimodality(p)
+    pi_mix = mixture_prevalence(p)
     cache: dict[str, tuple] = {}
 
     def calls(r):
         if r not in cache:
             cache[r] = rule_calls(r, p, q, cal.prior, pi, state.val_prob, state.val_f1, state.val_youden,
-                                  state.fixed, edge_index)
+                                  state.fixed, edge_index, pi_mix)
         return cache[r]
 
     out = {}
@@ -112,7 +113,7 @@ def decide_rules(scores, state: DecisionState, rules, edge_index=None, guard: bo
             else:
                 dec.flags = flags + ["no non-degenerate fallback"]
         out[r] = dec
-    return SliceDecisions(p, q, em["prevalence"], mixture_prevalence(p), bim, out)
+    return SliceDecisions(p, q, em["prevalence"], pi_mix, bim, out)
 
 
 def decide(scores, state: DecisionState, rule: str, edge_index=None) -> tuple[Decision, SliceDecisions]:

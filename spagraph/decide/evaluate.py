@@ -5,7 +5,8 @@ Per-slice row keys added (metrics.json ``per_slice``):
   rule, rule_choice            the rule in force and why (``auto``: inner-fold table)
   threshold, threshold_method  the cut on the calibrated scale and what made it (``fallback:<rule>``)
   flags, fallback              guard flags (``degenerate`` when the calls were replaced)
-  prevalence_em / prevalence_mixture / true_fraction / prevalence_error (|EM - true|)
+  prevalence_em / prevalence_mixture / prevalence_estimate (the estimator chosen by inner folds,
+  or threshold.prevalence) / true_fraction / prevalence_error (|estimate - true|, also _em, _mixture)
   ece                          expected calibration error of the calibrated scores (10 bins)
   calibration                  {kind, a, b, prior, fitted_on}
   rules                        {rule: {threshold, used, pred_fraction, f1, sensitivity, specificity,
@@ -20,7 +21,7 @@ import pandas as pd
 from spagraph.decide.rules import RULES
 
 RULE_KEYS = tuple(f"{m}_{r}" for r in RULES for m in ("f1", "sensitivity", "specificity", "prevalence_error"))
-EXTRA_KEYS = ("prevalence_error", "ece") + RULE_KEYS
+EXTRA_KEYS = ("prevalence_error", "prevalence_error_em", "prevalence_error_mixture", "ece") + RULE_KEYS
 
 
 def _calls_metrics(y, pred) -> dict:
@@ -41,15 +42,22 @@ def fold_state(cfg, graphs: dict, fold, scores: dict):
 
 
 def fold_rule(cfg, graphs: dict, fold) -> tuple[str, dict]:
-    """The rule for this fold's test slices and the record of why."""
-    method = cfg.threshold.method
-    if method != "auto":
-        return method, {"rule": method, "why": "set in the config (threshold.method)"}
+    """The rule for this fold's test slices and the record of why (with the prevalence estimator,
+    also chosen by the inner folds when ``threshold.prevalence: auto``)."""
     from spagraph.decide.choose import choose_rule
-    ch = choose_rule(cfg, graphs, fold)
-    return ch["rule"], {"rule": ch["rule"], "why": ch["why"],
-                        "inner_f1": {r: v["f1"] for r, v in ch["inner"].items()},
-                        "inner_below_half": {r: v["n_below_half"] for r, v in ch["inner"].items()}}
+    method, prev = cfg.threshold.method, cfg.threshold.prevalence
+    ch = choose_rule(cfg, graphs, fold) if "auto" in (method, prev) else None
+    est = prev if prev != "auto" else ch["prevalence_estimator"]
+    if method != "auto":
+        rec = {"rule": method, "why": "set in the config (threshold.method)"}
+    else:
+        rec = {"rule": ch["rule"], "why": ch["why"],
+               "inner_f1": {r: v["f1"] for r, v in ch["inner"].items()},
+               "inner_below_half": {r: v["n_below_half"] for r, v in ch["inner"].items()}}
+    rec["prevalence_estimator"] = est
+    if ch is not None:
+        rec["inner_prevalence_mae"] = ch.get("inner_prevalence_mae", {})
+    return rec["rule"], rec
 
 
 def score_fold(cfg, graphs: dict, fold, seed: int, scores: dict) -> tuple[list[dict], pd.DataFrame]:
@@ -71,6 +79,7 @@ def score_fold(cfg, graphs: dict, fold, seed: int, scores: dict) -> tuple[list[d
                "threshold": float(d.threshold), "flags": list(d.flags), "fallback": d.fallback,
                "predicted_fraction": float(d.pred.mean()) if len(d.pred) else None,
                "prevalence_em": sd.prevalence, "prevalence_mixture": sd.prevalence_mixture,
+               "prevalence_estimate": sd.prevalence if choice["prevalence_estimator"] == "em" else sd.prevalence_mixture,
                "bimodal": sd.bimodal, "val_threshold": float(state.val_f1), "youden_threshold": float(state.val_youden),
                "calibration": {"kind": cal.kind, "a": cal.a, "b": cal.b, "prior": cal.prior, "fitted_on": cal.fitted_on},
                "quantile_threshold": sd.rules["quantile_beta"].threshold,
@@ -84,7 +93,11 @@ def score_fold(cfg, graphs: dict, fold, seed: int, scores: dict) -> tuple[list[d
             true = float(yy.mean())
             rel = reliability(yy, sd.prob[m])
             row.update({"true_fraction": true, "ece": rel["ece"],
-                        "prevalence_error": abs(sd.prevalence - true) if sd.prevalence is not None else None})
+                        "prevalence_error": (abs(row["prevalence_estimate"] - true)
+                                             if row["prevalence_estimate"] is not None else None),
+                        "prevalence_error_em": abs(sd.prevalence - true) if sd.prevalence is not None else None,
+                        "prevalence_error_mixture": (abs(sd.prevalence_mixture - true)
+                                                     if sd.prevalence_mixture is not None else None)})
             per = {}
             for rn, dr in sd.rules.items():
                 cm = _calls_metrics(yy, dr.pred[m])
@@ -113,7 +126,8 @@ def score_fold(cfg, graphs: dict, fold, seed: int, scores: dict) -> tuple[list[d
 def summarise_decisions(rows: list[dict]) -> dict:
     """Run-level decision summary: prevalence MAE over slices, the rule per fold, every rule side by
     side (means over slices of the per-slice means over seeds; worst slice's sensitivity/specificity)."""
-    df = pd.DataFrame([{k: r.get(k) for k in ("slice", "seed", "rule", "prevalence_error", "flags") + RULE_KEYS}
+    df = pd.DataFrame([{k: r.get(k) for k in ("slice", "seed", "rule", "prevalence_error", "prevalence_error_em",
+                                              "prevalence_error_mixture", "flags") + RULE_KEYS}
                        for r in rows])
     if df.empty:
         return {}
@@ -121,6 +135,9 @@ def summarise_decisions(rows: list[dict]) -> dict:
     per_slice = df.groupby("slice", sort=False)
     pe = pd.to_numeric(df["prevalence_error"], errors="coerce")
     out["prevalence_mae"] = float(pe.groupby(df["slice"]).mean().mean()) if pe.notna().any() else None
+    for k in ("em", "mixture"):
+        v = pd.to_numeric(df[f"prevalence_error_{k}"], errors="coerce")
+        out[f"prevalence_mae_{k}"] = float(v.groupby(df["slice"]).mean().mean()) if v.notna().any() else None
     table = {}
     for r in RULES:
         cols = {k: f"{k}_{r}" for k in ("f1", "sensitivity", "specificity", "prevalence_error")}

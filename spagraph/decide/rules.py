@@ -9,6 +9,9 @@ Rules (``threshold.method``):
 ``spatial``          prior-adjusted posteriors averaged over each spot and its scale-1 graph
                      neighbours; call cancer when that mean >= 0.5 (label-free smoothing of the
                      decisions; without a graph it equals ``prior_adjusted``).
+``prevalence_quantile`` call the top ``pi_mix`` share of the slice's spots cancer, ``pi_mix`` the
+                     two-component mixture's estimate of the slice's cancer fraction (rank-based:
+                     immune to a shift of the slice's whole score distribution).
 ``quantile_beta`` / ``quantile_empirical``, ``mixture``, ``val_f1``, ``val_youden``, ``fixed``
                      the rules of :mod:`spagraph.train.thresholds`, applied to calibrated
                      validation and target probabilities.
@@ -19,7 +22,7 @@ import numpy as np
 
 from spagraph.decide.prevalence import adjusted_cut
 
-NEW_RULES = ("prior_adjusted", "expected_f1", "spatial")
+NEW_RULES = ("prior_adjusted", "expected_f1", "spatial", "prevalence_quantile")
 OLD_RULES = ("quantile_beta", "quantile_empirical", "mixture", "val_f1", "val_youden", "fixed")
 RULES = NEW_RULES + OLD_RULES
 
@@ -52,7 +55,7 @@ def neighbourhood_mean(values, edge_index, n: int) -> np.ndarray:
 
 
 def rule_calls(rule: str, prob, q, pi0: float, pi: float, val_prob, val_f1: float, val_youden: float,
-               fixed: float, edge_index=None) -> tuple[float, np.ndarray, str]:
+               fixed: float, edge_index=None, pi_mix: float | None = None) -> tuple[float, np.ndarray, str]:
     """``(threshold on the calibrated scale, 0/1 calls, method actually used)`` of one rule."""
     from spagraph.train.thresholds import threshold_rules
     p = np.asarray(prob, dtype=float)
@@ -67,6 +70,12 @@ def rule_calls(rule: str, prob, q, pi0: float, pi: float, val_prob, val_f1: floa
         if edge_index is None:
             return t, (p >= t).astype(int), "prior_adjusted (no graph)"
         return t, (neighbourhood_mean(q, edge_index, len(p)) >= 0.5).astype(int), rule
+    if rule == "prevalence_quantile":
+        if pi_mix is None or len(p) == 0:
+            t = adjusted_cut(pi0, pi)
+            return t, (p >= t).astype(int), "prior_adjusted (no mixture estimate)"
+        t = float(np.quantile(p, 1 - pi_mix, method="higher")) if pi_mix < 1 else float(p.min())
+        return t, (p >= t).astype(int), rule
     if rule in OLD_RULES:
         t, used = threshold_rules([rule], val_prob, val_f1, val_youden, p, fixed)[rule]
         return float(t), (p >= t).astype(int), used
