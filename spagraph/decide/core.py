@@ -13,7 +13,7 @@ import numpy as np
 
 from spagraph.decide.calibration import Calibration, fit_calibration
 from spagraph.decide.guard import bimodality, check_calls
-from spagraph.decide.prevalence import em_prior, mixture_prevalence
+from spagraph.decide.prevalence import em_prior, mixture_fit
 from spagraph.decide.rules import RULES, rule_calls
 
 FALLBACKS = ("mixture", "prior_adjusted", "fixed")
@@ -88,19 +88,20 @@ def decide_rules(scores, state: DecisionState, rules, edge_index=None, guard: bo
     pi = em["prevalence"] if em["prevalence"] is not None else cal.prior
     q = em["posteriors"]
     bim = bimodality(p)
-    pi_mix = mixture_prevalence(p)
+    mix = mixture_fit(p)
+    pi_mix, r_mix = (None, None) if mix is None else mix
     cache: dict[str, tuple] = {}
 
     def calls(r):
         if r not in cache:
             cache[r] = rule_calls(r, p, q, cal.prior, pi, state.val_prob, state.val_f1, state.val_youden,
-                                  state.fixed, edge_index, pi_mix)
+                                  state.fixed, edge_index, pi_mix, r_mix)
         return cache[r]
 
     out = {}
     for r in dict.fromkeys(rules):
         t, pred, used = calls(r)
-        flags = check_calls(p, pred, t if r != "spatial" else None, bim) if guard else []
+        flags = check_calls(p, pred, t if r not in ("spatial", "mixture_spatial") else None, bim) if guard else []
         dec = Decision(r, used, float(t), pred, flags)
         if "degenerate" in flags:
             for fb in FALLBACKS:

@@ -52,13 +52,70 @@ def em_prior(prob, pi0: float, tol: float = 1e-6, max_iter: int = 500) -> dict:
     return {"prevalence": pi, "posteriors": adjust_posteriors(p, pi0, pi), "n_iter": it, "converged": converged}
 
 
-def mixture_prevalence(prob) -> float | None:
-    """Weight of the higher-mean component of a 2-component GMM on logit scores (None: < 10 spots
-    or constant scores)."""
+def mixture_fit(prob) -> tuple[float, np.ndarray] | None:
+    """2-component GMM on logit scores: (weight of the higher-mean component, each spot's posterior
+    of belonging to it); None with < 10 spots or constant scores."""
     from sklearn.mixture import GaussianMixture
     p = np.asarray(prob, dtype=float)
     if len(p) < 10 or np.ptp(p) < 1e-9:
         return None
     z = logit(p)[:, None]
     gm = GaussianMixture(2, random_state=0, n_init=2).fit(z)
-    return float(gm.weights_[int(np.argmax(gm.means_.ravel()))])
+    hi = int(np.argmax(gm.means_.ravel()))
+    return float(gm.weights_[hi]), gm.predict_proba(z)[:, hi]
+
+
+def mixture_prevalence(prob) -> float | None:
+    """Weight of the higher-mean component of a 2-component GMM on logit scores (None: < 10 spots
+    or constant scores)."""
+    fit = mixture_fit(prob)
+    return None if fit is None else fit[0]
+
+
+def shift_em(z, mu0: float, mu1: float, s0: float, s1: float, pi_init: float = 0.5, tol: float = 1e-7,
+             max_iter: int = 500) -> dict:
+    """Cancer fraction of a slice whose logit scores are shifted as a whole against validation.
+
+    Model: ``z ~ pi N(m + d, s1^2) + (1 - pi) N(m, s0^2)`` with the class gap ``d = mu1 - mu0`` and the
+    class spreads ``s0, s1`` taken from the validation slices' labelled logits, and the location ``m``
+    and the fraction ``pi`` estimated on the target slice by EM. Per-slice normalisation of the
+    inputs (e.g. genes z-scored within each slice) moves a slice's scores with its cancer fraction;
+    the gap between the classes moves far less, so fixing it makes the two-component fit well posed
+    where a free mixture can split one class in two. Returns ``{"prevalence", "location", "posteriors",
+    "n_iter", "converged"}`` (posteriors under the fitted model).
+    """
+    z = np.asarray(z, dtype=float)
+    if len(z) < 10 or not (s0 > 0 and s1 > 0) or not mu1 > mu0:
+        return {"prevalence": None, "location": None, "posteriors": None, "n_iter": 0, "converged": False}
+    d = mu1 - mu0
+    pi = float(np.clip(pi_init, 0.05, 0.95))
+    m = float(np.median(z) - pi * d)
+    conv, it = False, 0
+    for it in range(1, max_iter + 1):
+        l1 = np.log(pi) - np.log(s1) - 0.5 * ((z - m - d) / s1) ** 2
+        l0 = np.log(1 - pi) - np.log(s0) - 0.5 * ((z - m) / s0) ** 2
+        r = 1.0 / (1.0 + np.exp(np.clip(l0 - l1, -700, 700)))
+        new_pi = float(np.clip(r.mean(), *PRIOR_CLIP))
+        w1, w0 = r / s1 ** 2, (1 - r) / s0 ** 2
+        new_m = float(np.sum(w1 * (z - d) + w0 * z) / np.sum(w1 + w0))
+        done = abs(new_pi - pi) < tol and abs(new_m - m) < tol
+        pi, m = new_pi, new_m
+        if done:
+            conv = True
+            break
+    l1 = np.log(pi) - np.log(s1) - 0.5 * ((z - m - d) / s1) ** 2
+    l0 = np.log(1 - pi) - np.log(s0) - 0.5 * ((z - m) / s0) ** 2
+    post = 1.0 / (1.0 + np.exp(np.clip(l0 - l1, -700, 700)))
+    return {"prevalence": pi, "location": m, "posteriors": post, "n_iter": it, "converged": conv}
+
+
+def class_logit_stats(y, prob) -> dict | None:
+    """Per-class mean and std of validation logits (``mu0, mu1, s0, s1``); None without both classes."""
+    y = np.asarray(y, dtype=float)
+    z = logit(prob)
+    m = ~np.isnan(y)
+    y, z = y[m], z[m]
+    if (y == 1).sum() < 5 or (y == 0).sum() < 5:
+        return None
+    return {"mu0": float(z[y == 0].mean()), "mu1": float(z[y == 1].mean()),
+            "s0": float(max(z[y == 0].std(), 1e-3)), "s1": float(max(z[y == 1].std(), 1e-3))}

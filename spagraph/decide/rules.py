@@ -9,6 +9,8 @@ Rules (``threshold.method``):
 ``spatial``          prior-adjusted posteriors averaged over each spot and its scale-1 graph
                      neighbours; call cancer when that mean >= 0.5 (label-free smoothing of the
                      decisions; without a graph it equals ``prior_adjusted``).
+``mixture_spatial``  the two-component mixture's posteriors (of the slice's own logit scores)
+                     averaged over each spot and its scale-1 neighbours, called at >= 0.5.
 ``prevalence_quantile`` call the top ``pi_mix`` share of the slice's spots cancer, ``pi_mix`` the
                      two-component mixture's estimate of the slice's cancer fraction (rank-based:
                      immune to a shift of the slice's whole score distribution).
@@ -22,7 +24,7 @@ import numpy as np
 
 from spagraph.decide.prevalence import adjusted_cut
 
-NEW_RULES = ("prior_adjusted", "expected_f1", "spatial", "prevalence_quantile")
+NEW_RULES = ("prior_adjusted", "expected_f1", "spatial", "mixture_spatial", "prevalence_quantile")
 OLD_RULES = ("quantile_beta", "quantile_empirical", "mixture", "val_f1", "val_youden", "fixed")
 RULES = NEW_RULES + OLD_RULES
 
@@ -55,7 +57,8 @@ def neighbourhood_mean(values, edge_index, n: int) -> np.ndarray:
 
 
 def rule_calls(rule: str, prob, q, pi0: float, pi: float, val_prob, val_f1: float, val_youden: float,
-               fixed: float, edge_index=None, pi_mix: float | None = None) -> tuple[float, np.ndarray, str]:
+               fixed: float, edge_index=None, pi_mix: float | None = None,
+               r_mix=None) -> tuple[float, np.ndarray, str]:
     """``(threshold on the calibrated scale, 0/1 calls, method actually used)`` of one rule."""
     from spagraph.train.thresholds import threshold_rules
     p = np.asarray(prob, dtype=float)
@@ -70,6 +73,16 @@ def rule_calls(rule: str, prob, q, pi0: float, pi: float, val_prob, val_f1: floa
         if edge_index is None:
             return t, (p >= t).astype(int), "prior_adjusted (no graph)"
         return t, (neighbourhood_mean(q, edge_index, len(p)) >= 0.5).astype(int), rule
+    if rule == "mixture_spatial":
+        if r_mix is None:
+            t, used = threshold_rules(["mixture"], val_prob, val_f1, val_youden, p, fixed)["mixture"]
+            return float(t), (p >= t).astype(int), f"{used} (no mixture posteriors)"
+        r = np.asarray(r_mix, dtype=float)
+        if edge_index is not None:
+            r = neighbourhood_mean(r, edge_index, len(p))
+        pred = (r >= 0.5).astype(int)
+        t = float(p[pred == 1].min()) if pred.any() else 1.0        # nominal: the lowest called probability
+        return t, pred, rule if edge_index is not None else "mixture_posterior (no graph)"
     if rule == "prevalence_quantile":
         if pi_mix is None or len(p) == 0:
             t = adjusted_cut(pi0, pi)

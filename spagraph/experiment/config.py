@@ -160,7 +160,7 @@ class ProtocolConfig(_Strict):
 class ThresholdConfig(_Strict):
     # "auto": chosen per fold by inner leave-one-slice-out over the fold's training slices
     # (spagraph.decide.choose); every rule acts on calibrated probabilities (spagraph.decide)
-    method: Literal["auto", "prior_adjusted", "expected_f1", "spatial", "prevalence_quantile", "quantile_beta", "quantile_empirical",
+    method: Literal["auto", "prior_adjusted", "expected_f1", "spatial", "mixture_spatial", "prevalence_quantile", "quantile_beta", "quantile_empirical",
                     "mixture", "val_f1", "val_youden", "fixed"] = "auto"
     fixed: float = Field(0.5, ge=0, le=1)
     calibration: Literal["platt", "isotonic", "identity"] = "platt"
