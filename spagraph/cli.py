@@ -192,9 +192,9 @@ def predict(model_dir: Path = typer.Argument(..., help="saved model folder (RUN/
                + ", ".join(f"{k} {v}" for k, v in t["region"].value_counts(sort=False).items()))
     info = adata.uns["spagraph"]
     prev = info.get("prevalence_estimate")
-    typer.echo((f"estimated cancer fraction {prev:.3f}; " if prev is not None else "") +
-               f"{len(info.get('tumour_regions', []))} tumour region(s); {int(t['high_risk'].sum())} high-risk spot(s)"
-               + (f"; FLAGS: {'; '.join(info['flags'])}" if info.get("flags") else ""))
+    typer.echo((f"estimated cancer fraction {prev:.3f}; " if prev == prev else "") +
+               f"{len(info['tumour_regions']['region'])} tumour region(s); {int(t['high_risk'].sum())} high-risk spot(s)"
+               + (f"; FLAGS: {info['flags']}" if info.get("flags") else ""))
     typer.echo(f"written: {h5}  {csv}")
     if plot:
         from spagraph.viz.spatial import plot_slice_panels, slice_image

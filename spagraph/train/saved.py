@@ -370,19 +370,21 @@ def predict_slice(models: list[SavedModel] | SavedModel, adata, name: str = "sli
         "model": [str(m.path.resolve()) for m in models], "config_hash": models[0].config_hash,
         "threshold": thr, "threshold_method": method, "member_thresholds": [float(t) for t in thrs],
         "rule": saved_rule(models[0], threshold_method, threshold),
-        "prevalence_estimate": float(np.mean([p for p in prevs if p is not None])) if any(p is not None for p in prevs) else None,
-        "predicted_fraction": float(pred.mean()) if len(pred) else None,
-        "flags": sorted(set(flags)),
-        "calibration": [dict(m.meta.get("decide", {}).get("calibration", {"kind": "identity"})) for m in models],
+        "prevalence_estimate": (float(np.mean([p for p in prevs if p is not None])) if any(p is not None for p in prevs)
+                                else float("nan")),
+        "predicted_fraction": float(pred.mean()) if len(pred) else float("nan"),
+        "flags": "; ".join(sorted(set(flags))),              # h5ad-friendly: one string ("" = none)
+        "calibration": json.dumps([m.meta.get("decide", {}).get("calibration", {"kind": "identity"}) for m in models]),
         "n_models": len(models), "mc_dropout_passes": int(n_mc),
         "score": "calibrated P(cancer), mean over ensemble members",
         "uncertainty": "sqrt(spagraph_seed_std^2 + spagraph_mc_std^2)",
         "seed_std": "std of the calibrated probability across ensemble members (0 with one)",
         "mc_std": "std across MC-dropout passes, mean over members (0 with --mc-passes 0)",
-        "tumour_regions": rtab.to_dict(orient="records"),
+        "tumour_regions": {c: rtab[c].to_numpy(dtype=float if c == "mean_probability" else np.int64)
+                           for c in rtab.columns},
         "regions": {"boundary": (f"within {k_hops} hop(s) on the scale-1 graph" if k_hops is not None
                                  else f"within {distance_pitches:g} pitch(es)"),
-                    "risk_level": float(risk_level), "max_spread": None if max_spread is None else float(max_spread),
+                    "risk_level": float(risk_level), "max_spread": float("nan") if max_spread is None else float(max_spread),
                     "high_risk": "predicted non-cancer with P >= risk_level or P + 2 std >= risk_level"},
     }
     table = pd.DataFrame({"spot": list(map(str, adata.obs_names)), "score": score, "pred": pred,
