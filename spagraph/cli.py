@@ -188,7 +188,10 @@ def predict(model_dir: Path = typer.Argument(..., help="saved model folder (RUN/
             mc_passes: int = typer.Option(20, "--mc-passes", help="MC-dropout passes per model for the uncertainty (0: off)"),
             boundary_pitches: float = typer.Option(1.0, "--boundary-pitches", help="boundary = spots within this many pitches of the other class"),
             k_hops: Optional[int] = typer.Option(None, "--k-hops", help="boundary by hops on the scale-1 graph instead of distance"),
-            max_spread: float = typer.Option(0.1, "--max-spread", help="high-risk needs uncertainty (std) <= this"),
+            max_spread: Optional[float] = typer.Option(None, "--max-spread", help="spots with uncertainty (std) above this are high-risk only when their probability itself reaches --risk-level"),
+            risk_level: float = typer.Option(0.25, "--risk-level", help="high-risk: predicted non-cancer with P(cancer), or P + 2 std, >= this"),
+            threshold_method: Optional[str] = typer.Option(None, "--threshold-method", help="override the saved rule: prior_adjusted, expected_f1, spatial, quantile_beta, quantile_empirical, mixture, val_f1, val_youden, fixed"),
+            threshold: Optional[float] = typer.Option(None, "--threshold", help="a fixed cut on the calibrated probability (overrides every rule)"),
             plot: bool = typer.Option(True, "--plot/--no-plot", help="also write OUT.png (score, regions, risk maps)"),
             sdata_table: Optional[str] = typer.Option(None, "--sdata-table", help="SLICE is a SpatialData .zarr: also write the predictions into it as this table (annotating the same shapes)")):
     """Predict a new slice with a saved model: score, prediction, regions, risk, uncertainty -> .h5ad + .csv."""
@@ -201,7 +204,8 @@ def predict(model_dir: Path = typer.Argument(..., help="saved model folder (RUN/
         adata = read_slice(slice_path, slice_name=slice)
         name = slice or adata.uns.get("spagraph_slice", {}).get("library_id") or slice_path.stem
         res = predict_slice(models, adata, name=str(name), n_mc=mc_passes, distance_pitches=boundary_pitches,
-                            k_hops=k_hops, max_spread=max_spread)
+                            k_hops=k_hops, max_spread=max_spread, risk_level=risk_level,
+                            threshold_method=threshold_method, threshold=threshold)
         h5, csv = write_prediction(adata, res["table"], out)
         if sdata_table:
             from spagraph.io.spatialdata import write_spatialdata_predictions
@@ -213,6 +217,11 @@ def predict(model_dir: Path = typer.Argument(..., help="saved model folder (RUN/
     typer.echo(f"{len(models)} model(s); threshold {res['threshold']:.4f} ({res['threshold_method']}); "
                f"{int(t['pred'].sum())}/{len(t)} spots predicted cancer; regions: "
                + ", ".join(f"{k} {v}" for k, v in t["region"].value_counts(sort=False).items()))
+    info = adata.uns["spagraph"]
+    prev = info.get("prevalence_estimate")
+    typer.echo((f"estimated cancer fraction {prev:.3f}; " if prev == prev else "") +
+               f"{len(info['tumour_regions']['region'])} tumour region(s); {int(t['high_risk'].sum())} high-risk spot(s)"
+               + (f"; FLAGS: {info['flags']}" if info.get("flags") else ""))
     typer.echo(f"written: {h5}  {csv}")
     if plot:
         from spagraph.viz.spatial import plot_slice_panels, slice_image

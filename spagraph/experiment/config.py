@@ -211,8 +211,15 @@ class ProtocolConfig(_Strict):
 
 
 class ThresholdConfig(_Strict):
-    method: Literal["quantile_beta", "quantile_empirical", "mixture", "val_f1", "val_youden", "fixed"] = "quantile_beta"
+    # "auto": chosen per fold by inner leave-one-slice-out over the fold's training slices
+    # (spagraph.decide.choose); every rule acts on calibrated probabilities (spagraph.decide)
+    method: Literal["auto", "prior_adjusted", "expected_f1", "spatial", "mixture_spatial", "prevalence_quantile", "quantile_beta", "quantile_empirical",
+                    "mixture", "val_f1", "val_youden", "fixed"] = "auto"
     fixed: float = Field(0.5, ge=0, le=1)
+    calibration: Literal["platt", "isotonic", "identity"] = "platt"
+    # the slice's estimated cancer fraction: EM prior adjustment, two-component mixture, or the one
+    # with the lower inner-fold error ("auto")
+    prevalence: Literal["auto", "em", "mixture"] = "auto"
 
 
 class TrackConfig(_Strict):
