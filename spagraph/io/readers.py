@@ -160,13 +160,33 @@ def read_h5ad(path: str | Path) -> ad.AnnData:
 
 
 def read_slice(path: str | Path, slice_name: str | None = None, **kw) -> ad.AnnData:
-    """Read a slice from a her2st root (+ slice name), a Space Ranger ``outs/`` or an ``.h5ad``."""
+    """Read a slice from a her2st root (+ slice name), a Space Ranger ``outs/``, a Visium HD ``outs/``
+    (``bin_um``), a Xenium output folder (``bin_um``, ``grid``), a SpatialData ``.zarr`` or an ``.h5ad``.
+    Keyword arguments go to the format's reader."""
     from spagraph.io.her2st import read_her2st
     path = Path(path)
     if path.suffix == ".h5ad":
         return read_h5ad(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file or directory: {path}")
+    from spagraph.io.spatialdata import is_spatialdata_zarr
+    from spagraph.io.visium_hd import is_visium_hd_dir
+    from spagraph.io.xenium import is_xenium_dir
+    if is_xenium_dir(path):
+        from spagraph.io.xenium import read_xenium
+        return read_xenium(path, **kw)
+    grid = kw.pop("grid", None)
+    if is_visium_hd_dir(path):
+        from spagraph.io.visium_hd import read_visium_hd
+        if grid not in (None, "square"):
+            raise ValueError(f"{path}: Visium HD bins are squares; grid={grid!r} applies to Xenium only")
+        return read_visium_hd(path, **kw)
+    bin_um = kw.pop("bin_um", None)
+    if bin_um is not None or grid is not None:
+        raise ValueError(f"{path}: bin size / grid apply to Xenium and Visium HD only")
+    if is_spatialdata_zarr(path):
+        from spagraph.io.spatialdata import read_spatialdata
+        return read_spatialdata(path, **kw)
     if (path / "counts").is_dir():
         if not slice_name:
             names = sorted(p.name.split(".")[0] for p in (path / "counts").glob("*.tsv.gz"))
@@ -175,15 +195,19 @@ def read_slice(path: str | Path, slice_name: str | None = None, **kw) -> ad.AnnD
     if (path / "spatial").is_dir() or (path / "outs").is_dir():
         return read_spaceranger(path / "outs" if (path / "outs").is_dir() else path, **kw)
     raise ValueError(f"{path}: not a recognised slice (expected a .h5ad, a her2st root with counts/, "
-                     "or a Space Ranger outs/ with spatial/)")
+                     "a Space Ranger outs/ with spatial/, a Visium HD outs/ with binned_outputs/, a Xenium "
+                     "folder with experiment.xenium, or a SpatialData .zarr)")
 
 
 def describe_slice(a: ad.AnnData) -> str:
     """Spots, genes, image size and label counts, as text."""
     meta = a.uns.get("spagraph_slice", {})
     lines = [f"slice {meta.get('library_id', '?')} ({meta.get('platform', '?')}): {a.n_obs} spots x {a.n_vars} genes"]
+    lines.append(_spot_line(a, meta))
     imgs = [(k, v.shape) for lib in a.uns.get("spatial", {}).values() for k, v in lib.get("images", {}).items()]
-    lines.append("image: " + (", ".join(f"{k} {s[1]}x{s[0]}" for k, s in imgs) if imgs else "none"))
+    kind = meta.get("image_kind")
+    lines.append("image: " + (", ".join(f"{k} {s[1]}x{s[0]}" for k, s in imgs) if imgs else "none")
+                 + (f" ({kind})" if imgs and kind and kind != "none" else ""))
     if "annotation" in a.obs and a.obs["annotation"].notna().any():
         vc = a.obs["annotation"].value_counts()
         lines.append(f"labelled spots: {int(a.obs['annotation'].notna().sum())}")
@@ -193,3 +217,35 @@ def describe_slice(a: ad.AnnData) -> str:
     else:
         lines.append("labels: none")
     return "\n".join(lines)
+
+
+#: spot diameter and centre-to-centre pitch (microns) of the fixed-grid platforms
+SPOT_UM = {"legacy_st": (100.0, 200.0), "visium": (55.0, 100.0)}
+
+
+def _spot_line(a: ad.AnnData, meta: dict) -> str:
+    """``spot: ...`` line of describe_slice: platform spot / bin size and the measured pitch."""
+    from spagraph.io._checks import check_positions
+    plat = meta.get("platform", "?")
+    try:
+        pitch = check_positions(np.asarray(a.obsm["spatial"])[:, :2], "slice", a.obs_names) if "spatial" in a.obsm else None
+    except ValueError:
+        pitch = None
+    p = f"pitch {pitch:.1f} px" if pitch else "pitch ?"
+    if plat == "xenium":
+        g = meta.get("grid", "?")
+        what = "cells" if g == "cells" else f"{meta.get('bin_um', 0):g} um {g} pseudo-spots"
+        extra = f" from {meta.get('n_cells', '?')} cells"
+        dropped = meta.get("dropped_features") or {}
+        if dropped:
+            extra += "; dropped " + ", ".join(f"{t}: {d['features']} features / {d['counts']} counts"
+                                              for t, d in dropped.items())
+        return f"spot: {what}{extra}; {p}"
+    if plat == "visium_hd":
+        return f"spot: {meta.get('bin_um', 0):g} um square bins; {p}"
+    if plat in SPOT_UM:
+        d, pp = SPOT_UM[plat]
+        return f"spot: {d:g} um spots, {pp:g} um pitch; {p}"
+    if meta.get("spot_size_um"):
+        return f"spot: {meta['spot_size_um']:g} um; {p}"
+    return f"spot: size unknown; {p}"
