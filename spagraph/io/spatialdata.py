@@ -205,7 +205,8 @@ def read_spatialdata(path: str | Path, table: Optional[str] = None, region: Opti
         schema = label_schema if isinstance(label_schema, LabelSchema) else LabelSchema.from_dict(label_schema)
         cls, canc = schema.apply(ann, where)
         out.obs["label_class"], out.obs["cancer"] = cls, canc.array
-    return out
+    from spagraph.io.validate import check_slice
+    return check_slice(out, source=where)      # the validation layer every reader goes through
 
 
 def _pick_image(sdata, image, cs, where) -> Optional[str]:

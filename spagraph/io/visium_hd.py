@@ -167,4 +167,5 @@ def read_visium_hd(path: str | Path, bin_um: Optional[int] = None, annotation: s
     from spagraph.io.readers import attach_annotation_csv
     attach_annotation_csv(out, annotation, label_schema)
     log.info("%s: %d bins of %d um x %d genes", folder, out.n_obs, bin_um, out.n_vars)
-    return out
+    from spagraph.io.validate import check_slice
+    return check_slice(out, source=folder)     # the validation layer every reader goes through

@@ -253,7 +253,9 @@ def read_xenium(path: str | Path, bin_um: Optional[float] = 50.0, grid: Grid = "
         "grid": "cells" if keep_cells else grid, "n_cells": int(n_cells_total), "n_dropped_bins": n_dropped_bins,
         "pixel_size_um": pixel_size * he_scale, "dropped_features": dropped}
     _attach_labels(out, annotation, label_schema, cell_ids, codes, keep_cells)
-    return out
+    from spagraph.io.validate import check_slice
+    # an aligned H&E may cover only part of the panel (warned above): spots off it are allowed
+    return check_slice(out, source=path, outside_image="allow")
 
 
 def read_alignment(path: Path) -> np.ndarray:
