@@ -342,13 +342,17 @@ def _safe(name: str) -> str:
 
 def _read_fold_csv(path: Path) -> pd.DataFrame:
     """One finished (fold, seed)'s predictions; a corrupt file is an error naming it."""
+    hint = "delete it and its .json to recompute that fold"
     try:
-        return pd.read_csv(path, dtype={"spot": str, "slice": str, "label": "Int8"},
-                           float_precision="round_trip")   # byte-identical rewrite
+        df = pd.read_csv(path, dtype={"spot": str, "slice": str, "label": "Int8"},
+                         float_precision="round_trip")   # byte-identical rewrite
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, TypeError) as e:
         raise ValueError(f"{path}: finished fold predictions are unreadable (corrupt or truncated?): "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; delete it and its .json "
-                         "to recompute that fold") from None
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; {hint}") from None
+    missing = {"slice", "spot", "seed", "score", "pred", "label"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: finished fold predictions lack column(s) {sorted(missing)} (corrupt?); {hint}")
+    return df
 
 
 def _jsonable(d):
