@@ -62,6 +62,9 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant")
     ap.add_argument("--repo", type=Path, default=Path(__file__).resolve().parents[1])
     ap.add_argument("--list-only", action="store_true", help="print the sample and stop")
+    ap.add_argument("--only-survivors", type=Path, default=None,
+                    help="summary.json of an earlier run: re-test only its survivors (same code, more tests), "
+                         "counting its killed mutants as killed")
     args = ap.parse_args()
 
     from cosmic_ray.commands.init import _all_work_items
@@ -102,6 +105,12 @@ def main() -> int:
         keys.append(hashlib.sha1(f"{k}|{seen[k]}".encode()).hexdigest())
     ranked = [it for _, it in sorted(zip(keys, items), key=lambda t: t[0])]
     sample = ranked[: args.n]
+    before = None
+    if args.only_survivors is not None:
+        before = json.loads(args.only_survivors.read_text())
+        keep = set(before["survivors"])
+        sample = [it for it in sample if f"{it.mutations[0].module_path}:{it.mutations[0].start_pos[0]} "
+                  f"{it.mutations[0].operator_name}" in keep]
     print(f"{len(items)} mutants in {', '.join(PACKAGES)}; sampled {len(sample)}")
     groups: dict[str, list] = {}
     for it in sample:
@@ -151,12 +160,14 @@ def main() -> int:
                     survived.append((where, r.diff))
                 else:
                     other.append((where, outcome, getattr(getattr(r, "worker_outcome", None), "value", None)))
+    if before is not None:          # mutants killed before stay killed: tests were only added
+        killed += [f"(before) {w}" for w in before.get("killed_list", [])] or ["(before)"] * before["killed"]
     n = len(killed) + len(survived)
     score = len(killed) / n if n else float("nan")
     summary = {"n_sampled": len(sample), "killed": len(killed), "survived": len(survived),
                "incompetent_or_error": len(other), "score": score, "tests": {t: len(i) for t, i in groups.items()},
         "deselect": args.deselect,
-               "survivors": [w for w, _ in survived], "other": other}
+               "survivors": [w for w, _ in survived], "killed_list": killed, "other": other}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "survivors.txt").write_text("".join(f"== {w}\n{d}\n" for w, d in survived))
     print(f"mutation score {len(killed)}/{n} = {score:.2f} ({len(other)} incompetent/errored)")
