@@ -341,8 +341,11 @@ def test_spaceranger_one_pixel_image_refused(tmp_path):
 
 
 def test_spaceranger_spots_outside_hires_image(tmp_path):
-    outs = write_outs(tmp_path, image=np.full((50, 50, 3), 200, np.uint8))
-    with pytest.raises(ValueError, match=r"tissue_hires_image\.png: hires image is 50x50 px but \d+ spot centre"):
+    outs = write_outs(tmp_path, image=np.full((120, 120, 3), 200, np.uint8))   # spots at 80..140 px
+    with pytest.raises(ValueError, match=r"tissue_hires_image\.png: hires image is 120x120 px but \d+ spot centre"):
+        read_spaceranger(outs)
+    outs = write_outs(tmp_path / "b", image=np.full((50, 50, 3), 200, np.uint8))
+    with pytest.raises(ValueError, match=r"hires image is 50x50 px but every spot centre"):
         read_spaceranger(outs)
 
 
