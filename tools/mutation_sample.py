@@ -62,6 +62,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant")
     ap.add_argument("--repo", type=Path, default=Path(__file__).resolve().parents[1])
     ap.add_argument("--list-only", action="store_true", help="print the sample and stop")
+    ap.add_argument("--summarise-only", action="store_true",
+                    help="summarise the sessions already in OUT (an interrupted run: the finished mutants)")
     ap.add_argument("--only-survivors", type=Path, default=None,
                     help="summary.json of an earlier run: re-test only its survivors (same code, more tests), "
                          "counting its killed mutants as killed")
@@ -72,6 +74,8 @@ def main() -> int:
 
     out = args.out.resolve()
     src = out / "src"
+    if args.summarise_only:
+        return summarise(sorted(out.glob("session-*.sqlite")), out, None, {}, "(partial)", args.deselect)
     out.mkdir(parents=True, exist_ok=True)
     copy_tree(args.repo, src)
     mods = sorted(str(p) for pkg in PACKAGES for p in (src / pkg).rglob("*.py"))
@@ -145,12 +149,19 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "cosmic_ray.cli", "exec", str(cfg), str(session)], cwd=src, env=env,
                        check=True)
         sessions.append(session)
+    return summarise(sessions, out, before, groups, len(sample), args.deselect)
+
+
+def summarise(sessions, out: Path, before, groups, n_sampled, deselect) -> int:
+    from cosmic_ray.work_db import WorkDB, use_db
     killed, survived, other = [], [], []
     for session in sessions:
         with use_db(str(session), WorkDB.Mode.open) as db:
             results = dict(db.results)
             for it in db.work_items:
                 r = results.get(it.job_id)
+                if r is None:               # not run (an interrupted run)
+                    continue
                 m = it.mutations[0]
                 where = f"{m.module_path}:{m.start_pos[0]} {m.operator_name}"
                 outcome = getattr(getattr(r, "test_outcome", None), "value", None)
@@ -164,9 +175,9 @@ def main() -> int:
         killed += [f"(before) {w}" for w in before.get("killed_list", [])] or ["(before)"] * before["killed"]
     n = len(killed) + len(survived)
     score = len(killed) / n if n else float("nan")
-    summary = {"n_sampled": len(sample), "killed": len(killed), "survived": len(survived),
+    summary = {"n_sampled": n_sampled, "killed": len(killed), "survived": len(survived),
                "incompetent_or_error": len(other), "score": score, "tests": {t: len(i) for t, i in groups.items()},
-        "deselect": args.deselect,
+               "deselect": deselect,
                "survivors": [w for w, _ in survived], "killed_list": killed, "other": other}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "survivors.txt").write_text("".join(f"== {w}\n{d}\n" for w, d in survived))
