@@ -281,3 +281,34 @@ def test_resume_when_crash_lands_on_the_early_stop_epoch(tmp_path):
     strip = lambda rows: [{k: v for k, v in r.items() if "time" not in k} for r in rows]  # noqa: E731
     assert strip(a["per_slice"]) == strip(b["per_slice"])
     assert (tmp_path / "ref" / "predictions.csv").read_bytes() == (tmp_path / "run" / "predictions.csv").read_bytes()
+
+
+# ------------------------------------------------------------------ survivors of the sampled mutation run (handcrafted)
+
+
+def test_weighted_mean_std_matches_numpy():
+    """Stain-channel mean / std per patch under a tissue weight (a `-` -> `/` mutant survived)."""
+    from spagraph.embed.handcrafted import _weighted_mean_std
+    rng = np.random.default_rng(4)
+    v = rng.normal(2.0, 1.5, (5, 50))
+    w = (rng.random((5, 50)) < 0.7).astype(float)
+    mu, sd = _weighted_mean_std(v, w)
+    for k in range(5):
+        m = np.average(v[k], weights=w[k])
+        assert mu[k] == pytest.approx(m, rel=1e-12)
+        assert sd[k] == pytest.approx(np.sqrt(np.average((v[k] - m) ** 2, weights=w[k])), rel=1e-12)
+
+
+def test_glcm_energy_and_correlation_match_skimage_on_the_pooled_matrix():
+    """The two GLCM properties test_embed_image does not check (a `*` -> `**` mutant survived)."""
+    from skimage.feature import graycomatrix, graycoprops
+    from spagraph.embed.handcrafted import _glcm_props
+    q = np.random.default_rng(5).integers(0, 8, (3, 20, 20))
+    q[1] = np.minimum(q[1], np.arange(20)[None, :] // 3)        # some structure: correlation away from 0
+    mine = _glcm_props(q, 8)
+    for k in range(3):
+        m = graycomatrix(q[k].astype(np.uint8), [1], [0, np.pi / 2], levels=8, symmetric=True, normed=False)
+        pooled = m.sum(axis=3, keepdims=True).astype(float)
+        pooled /= pooled.sum()
+        assert mine[2, k] == pytest.approx(graycoprops(pooled, "energy")[0, 0], rel=1e-6)
+        assert mine[3, k] == pytest.approx(graycoprops(pooled, "correlation")[0, 0], rel=1e-6)
