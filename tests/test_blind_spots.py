@@ -312,3 +312,19 @@ def test_glcm_energy_and_correlation_match_skimage_on_the_pooled_matrix():
         pooled /= pooled.sum()
         assert mine[2, k] == pytest.approx(graycoprops(pooled, "energy")[0, 0], rel=1e-6)
         assert mine[3, k] == pytest.approx(graycoprops(pooled, "correlation")[0, 0], rel=1e-6)
+
+
+def test_slice_hash_reads_the_full_resolution_image_file(tmp_path):
+    """The embedding cache key covers the bytes of the image file a slice names (a mutant that
+    hashed nothing of the file survived: an edited image would reuse stale image embeddings)."""
+    from spagraph.embed.cache import slice_hash
+    from spagraph.io.synthetic import make_synthetic_slice
+    a = make_synthetic_slice(n_spots=50, with_image=False, seed=2)
+    p1, p2 = tmp_path / "a.png", tmp_path / "b.png"
+    p1.write_bytes(b"\x89PNG" + bytes(range(200)))
+    p2.write_bytes(b"\x89PNG" + bytes(range(199)) + b"\x00")
+    a.uns["spagraph_slice"]["image_path"] = str(p1)
+    h1 = slice_hash(a)
+    assert slice_hash(a) == h1
+    a.uns["spagraph_slice"]["image_path"] = str(p2)
+    assert slice_hash(a) != h1, "a different image file must give a different cache key"
