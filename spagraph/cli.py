@@ -17,6 +17,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="spagraph: cancer tissue regions in spatial transcriptomics (H&E + genes on a spatial graph).")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from spagraph import __version__
+        typer.echo(f"spagraph {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")):
+    """spagraph: cancer tissue regions in spatial transcriptomics (H&E + genes on a spatial graph)."""
+    import spagraph  # noqa: F401  (installs the filter for third-party import-time deprecation noise)
+
+
 def _fail(msg: str) -> None:
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
@@ -97,6 +111,8 @@ def run(config: Path = typer.Argument(..., help="experiment YAML (see experiment
         out: Optional[Path] = typer.Option(None, "--out", help="output directory (default: the YAML's 'out', else runs/<name>)"),
         set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key: --set train.lr=3e-4 (repeatable)"),
         resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in OUT"),
+        save_model: bool = typer.Option(False, "--save-model", help="save the trained models: OUT/model/ (protocol fit: "
+                                        "one per seed, an ensemble) or OUT/models/<fold>_s<seed>; spagraph predict reads them"),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
         threads: int = typer.Option(0, "--threads", min=0,
                                     help="torch CPU threads (0: torch's default); 1 is fastest on small shared machines")):
@@ -118,13 +134,19 @@ def run(config: Path = typer.Argument(..., help="experiment YAML (see experiment
     tracker = make_tracker(cfg.track, cfg.to_dict(), out_dir, name=cfg.name, job_type="run")
     try:
         metrics = run_experiment(cfg, out_dir, resume=resume, progress=progress, tracker=tracker,
-                                 base_dir=config.resolve().parent)
+                                 base_dir=config.resolve().parent, save_models=save_model)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     finally:
         tracker.finish()
     con = Console()
-    con.print(summary_table(metrics))
+    table = summary_table(metrics)
+    con = Console(width=max(con.width, con.measure(table).maximum))   # never fold numbers
+    con.print(table)
+    if metrics.get("evaluated_on", "").startswith("validation"):
+        con.print(f"[yellow]metrics are on {metrics['evaluated_on']}[/yellow]")
+    if save_model:
+        con.print(f"model:       {out_dir / ('model' if cfg.protocol.kind == 'fit' else 'models')}/")
     con.print(f"wall time {metrics['wall_time_s']:.1f} s")
     con.print(f"metrics:     {out_dir / 'metrics.json'}")
     con.print(f"predictions: {out_dir / 'predictions.csv'}")
@@ -159,58 +181,57 @@ def tune(config: Path = typer.Argument(..., help="experiment YAML with a 'search
 
 @app.command()
 @_guarded
-def predict(model_dir: Path = typer.Argument(..., help="saved model folder (RUN/models/<fold>_s<seed>) or a folder of them (seed ensemble)"),
-            slice_path: Path = typer.Argument(..., metavar="SLICE", help="her2st root, Space Ranger outs/, or .h5ad"),
-            slice: Optional[str] = typer.Option(None, "--slice", help="slice name (her2st layout)"),
-            out: Path = typer.Option(..., "--out", help="output .h5ad (a .csv and a .png are written next to it)"),
+def predict(model_dir: Path = typer.Argument(..., help="saved model folder (RUN/model, RUN/models/<fold>_s<seed>) or a folder of them (seed ensemble)"),
+            slice_paths: List[Path] = typer.Argument(..., metavar="SLICE...", help=".h5ad files, Space Ranger outs/, her2st roots (with --slice) or, with --card, dataset roots"),
+            slice: Optional[List[str]] = typer.Option(None, "--slice", help="section name in a her2st root / card (repeatable)"),
+            card: Optional[str] = typer.Option(None, "--card", help="dataset card (datasets/<name>.yaml or a path); SLICE is the root it was fetched to"),
+            out: Path = typer.Option(..., "--out", help="output folder (one .h5ad + .csv + .png per slice, summary.csv), or X.h5ad for one slice"),
             mc_passes: int = typer.Option(20, "--mc-passes", help="MC-dropout passes per model for the uncertainty (0: off)"),
             boundary_pitches: float = typer.Option(1.0, "--boundary-pitches", help="boundary = spots within this many pitches of the other class"),
             k_hops: Optional[int] = typer.Option(None, "--k-hops", help="boundary by hops on the scale-1 graph instead of distance"),
             max_spread: float = typer.Option(0.1, "--max-spread", help="high-risk needs uncertainty (std) <= this"),
-            plot: bool = typer.Option(True, "--plot/--no-plot", help="also write OUT.png (score, regions, risk maps)")):
-    """Predict a new slice with a saved model: score, prediction, regions, risk, uncertainty -> .h5ad + .csv."""
-    from spagraph.io import read_slice
-    from spagraph.train.saved import load_models, predict_slice, write_prediction
-    if out.suffix != ".h5ad":
-        _fail(f"--out must end in .h5ad, got {out}")
-    try:
-        models = load_models(model_dir)
-        adata = read_slice(slice_path, slice_name=slice)
-        name = slice or adata.uns.get("spagraph_slice", {}).get("library_id") or slice_path.stem
-        res = predict_slice(models, adata, name=str(name), n_mc=mc_passes, distance_pitches=boundary_pitches,
-                            k_hops=k_hops, max_spread=max_spread)
-        h5, csv = write_prediction(adata, res["table"], out)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        _fail(str(e))
-    t = res["table"]
-    typer.echo(f"{len(models)} model(s); threshold {res['threshold']:.4f} ({res['threshold_method']}); "
-               f"{int(t['pred'].sum())}/{len(t)} spots predicted cancer; regions: "
-               + ", ".join(f"{k} {v}" for k, v in t["region"].value_counts(sort=False).items()))
-    typer.echo(f"written: {h5}  {csv}")
-    if plot:
-        from spagraph.viz.spatial import plot_slice_panels, slice_image
-        img, scale = slice_image(adata)
-        lab = None
-        key = models[0].meta.get("label_key", "cancer")
-        if key in adata.obs and adata.obs[key].notna().any():
-            lab = adata.obs[key].astype("Float32").to_numpy(dtype=float, na_value=float("nan"))
-        png = plot_slice_panels(adata.obsm["spatial"], out.with_suffix(".png"), label=lab, score=t["score"].to_numpy(),
-                                uncertainty=t["uncertainty"].to_numpy(), pred=t["pred"].to_numpy(dtype=float),
-                                regions=t["region"].to_numpy(), risk=t["risk"].to_numpy(),
-                                high_risk=t["high_risk"].to_numpy(), title=str(name), image=img, image_scale=scale)
-        typer.echo(f"maps: {png}")
+            gene_aliases: Optional[Path] = typer.Option(None, "--gene-aliases", help="CSV of gene name pairs (alias,symbol) tried after exact and case-insensitive matching"),
+            max_missing_weight: float = typer.Option(0.2, "--max-missing-weight", min=0.0, max=1.0,
+                                                     help="refuse a slice whose missing genes carry more than this share of the gene encoder's weight"),
+            plot: bool = typer.Option(True, "--plot/--no-plot", help="also write a PNG map per slice (H&E, score, uncertainty, regions, risk)")):
+    """Predict new slices with a saved model: score, prediction, regions, risk, uncertainty -> .h5ad + .csv + .png per slice."""
+    from rich.console import Console
+    import spagraph.tl as tl
+    from spagraph.embed.match import read_aliases
+    aliases = read_aliases(gene_aliases) if gene_aliases else None
+    model = tl.load_model(model_dir)
+    inputs = tl.read_inputs(list(slice_paths), slice, card)
+    con = Console(stderr=False)
+
+    def said(name, row):
+        g = f"; genes missing {row['genes_missing']} ({row['missing_weight']:.2%} of the encoder weight)" \
+            if row["genes_missing"] else ""
+        con.print(f"{name}: {row['cancer']}/{row['spots']} spots cancer at threshold {row['threshold']:.4f} "
+                  f"({row['rule']}){g} -> {row['h5ad']}", highlight=False, soft_wrap=True)
+
+    df, summ = tl.predict_many(model, inputs, out, plot=plot, on_slice=said, n_mc=mc_passes,
+                               distance_pitches=boundary_pitches, k_hops=k_hops, max_spread=max_spread,
+                               gene_aliases=aliases, max_missing_weight=max_missing_weight)
+    typer.echo(f"\n{len(model.members)} model(s) from {model_dir}")
+    typer.echo(tl.summary_text(df))
+    typer.echo(f"summary: {summ}")
 
 
 @app.command()
 @_guarded
 def report(run_dir: Path = typer.Argument(..., help="finished run directory (predictions.csv, metrics.json, config.yaml)"),
-           base_dir: Optional[Path] = typer.Option(None, "--base-dir", help="where the config's relative data paths start (default: working directory)"),
+           base_dir: Optional[Path] = typer.Option(None, "--base-dir", help="where the config's relative data paths start (default: the run's YAML folder, then the working directory)"),
            boundary_pitches: float = typer.Option(1.0, "--boundary-pitches", help="boundary = spots within this many pitches of the other class"),
            k_hops: Optional[int] = typer.Option(None, "--k-hops", help="boundary by hops on the scale-1 graph instead of distance"),
            max_spread: float = typer.Option(0.1, "--max-spread", help="high-risk needs spread over seeds (std) <= this")):
     """Write RUN_DIR/report.html (self-contained), regions.csv, high_risk.csv and boundary.csv."""
     from spagraph.regions import RegionSettings
     from spagraph.report import write_report
+    if base_dir is None:          # where the run's YAML was: recorded by spagraph run
+        import json
+        mpath = run_dir / "metrics.json"
+        rec = json.loads(mpath.read_text()).get("base_dir") if mpath.exists() else None
+        base_dir = Path(rec) if rec else None
     try:
         path = write_report(run_dir, base_dir=base_dir,
                             settings=RegionSettings(distance_pitches=boundary_pitches, k_hops=k_hops, max_spread=max_spread))

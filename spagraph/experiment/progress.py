@@ -49,10 +49,17 @@ def summary_table(metrics: dict):
     from rich.table import Table
     import pandas as pd
     rows = pd.DataFrame(metrics["per_slice"])
-    t = Table(title=f"{metrics.get('experiment', '')} — protocol {metrics['protocol']}, "
-                    f"undetermined {metrics['undetermined']}, threshold {metrics.get('threshold_method')}")
+    from rich import box
+    on = " (validation slices)" if any(r.get("role") == "validation" for r in metrics["per_slice"]) else ""
+    t = Table(title=f"{metrics.get('experiment', '')} — protocol {metrics['protocol']}{on}, "
+                    f"undetermined {metrics['undetermined']}, threshold {metrics.get('threshold_method')}",
+              box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
+    # fits 80 columns: names are shortened (ellipsis), numbers never (no_wrap, fixed width)
     for c in ("slice", "seeds", "n", "AUC", "AP", "F1", "F1@val", "F1@q", "F1@mix", "F1@J", "F1@.5"):
-        t.add_column(c, justify="right" if c != "slice" else "left")
+        if c == "slice":
+            t.add_column(c, justify="left", overflow="ellipsis", no_wrap=True, max_width=12)
+        else:
+            t.add_column(c, justify="right", no_wrap=True, min_width=5 if c not in ("seeds", "n") else 1)
     t.caption = ("F1 at the primary threshold, then at: val = validation F1-optimal, q = quantile-matched, "
                  "mix = mixture on the slice's own scores, J = validation Youden, .5 = fixed 0.5")
     fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
@@ -62,7 +69,7 @@ def summary_table(metrics: dict):
                   fmt(m("f1_val_threshold")), fmt(m("f1_quantile")), fmt(m("f1_mixture")),
                   fmt(m("f1_val_youden")), fmt(m("f1_fixed_0.5")))
     mean, std = metrics["mean"], metrics["std"]
-    pm = lambda k: "n/a" if mean.get(k) is None else f"{mean[k]:.3f} ± {std[k]:.3f}"
-    t.add_row("mean ± std", "", "", pm("auc"), pm("ap"), pm("f1"), pm("f1_val_threshold"), pm("f1_quantile"),
-              pm("f1_mixture"), pm("f1_val_youden"), pm("f1_fixed_0.5"), style="bold")
+    keys = ("auc", "ap", "f1", "f1_val_threshold", "f1_quantile", "f1_mixture", "f1_val_youden", "f1_fixed_0.5")
+    t.add_row("mean", "", "", *[fmt(mean.get(k)) for k in keys], style="bold")
+    t.add_row("± std", "", "", *[fmt(std.get(k)) for k in keys])
     return t

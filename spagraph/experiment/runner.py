@@ -112,7 +112,10 @@ def fit_predict(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, on_e
 
 
 def score_fold(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, scores: dict) -> tuple[list[dict], pd.DataFrame]:
-    """Thresholds (validation labels only) and metrics (test labels only) for one fold and seed."""
+    """Thresholds (validation labels only) and metrics (test labels only) for one fold and seed.
+
+    A fold without test slices (protocol ``fit``) reports its validation slices instead, each row
+    marked ``role: validation`` (those labels chose the epoch and the threshold: optimistic)."""
     from spagraph.train.metrics import binary_metrics, validation_thresholds
     from spagraph.train.thresholds import threshold_rules
     if fold.val:
@@ -122,7 +125,8 @@ def score_fold(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, score
     else:
         vs, val_thr, j_thr = np.zeros(0), 0.5, 0.5
     rows, preds = [], []
-    for t in fold.test:
+    role = "test" if fold.test else "validation"
+    for t in (fold.test or fold.val):
         g, s = graphs[t], scores[t]
         method = cfg.threshold.method
         quantile = method if method.startswith("quantile") else "quantile_beta"
@@ -131,7 +135,7 @@ def score_fold(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, score
         (q_thr, q_used), (m_thr, m_used) = rules[quantile], rules["mixture"]
         y = g.y.numpy()
         m = ~np.isnan(y)
-        row = {"slice": t, "seed": seed, "threshold_method": used, "val_threshold": float(val_thr),
+        row = {"slice": t, "seed": seed, **({"role": role} if role != "test" else {}), "threshold_method": used, "val_threshold": float(val_thr),
                "quantile_threshold": float(q_thr), "quantile_method": q_used,
                "mixture_threshold": float(m_thr), "mixture_method": m_used, "youden_threshold": float(j_thr)}
         if m.any():
@@ -156,7 +160,11 @@ def summarise(cfg: ExperimentConfig, rows: list[dict], fold_reports: dict) -> di
     from spagraph.train.metrics import mean_std
     mean, std, count = mean_std(rows, METRIC_KEYS)
     collapsed = [f"{r['slice']}/seed{r['seed']}" for r in rows if any("collapsed" in u for u in r.get("undefined", []))]
+    evaluated = ("validation slices (protocol 'fit' has no test slice; these labels chose the epoch and "
+                 "threshold, so the numbers are optimistic)" if any(r.get("role") == "validation" for r in rows)
+                 else "test slices")
     return {"protocol": cfg.protocol.kind, "experiment": cfg.name, "config_hash": cfg.config_hash(),
+            "evaluated_on": evaluated,
             "undetermined": "excluded", "threshold_method": cfg.threshold.method,
             "per_slice": rows, "mean": mean, "std": std, "n_defined": count,
             "collapsed_runs": collapsed, "folds": fold_reports}
@@ -207,12 +215,14 @@ def check_inputs(cfg: ExperimentConfig) -> None:
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
                    on_epoch: Callable | None = None, tracker=None, base_dir: Path | None = None,
-                   write_maps: bool = True, save_models: bool = False) -> dict:
+                   write_maps: bool = True, save_models: bool = False, slices: dict | None = None) -> dict:
     """Run all folds and seeds of an experiment and write its outputs to ``out_dir``.
 
     ``on_epoch(fold_name, seed, epoch, record)`` is called after each epoch (Optuna pruning).
     With ``resume``, finished (fold, seed) pairs found in ``out_dir/folds`` are reused and an
-    interrupted fit continues from its last epoch checkpoint.
+    interrupted fit continues from its last epoch checkpoint. ``save_models`` writes one model
+    folder per fold and seed (``model_path``). ``slices`` ({name: AnnData}, all in the default
+    group) replaces reading ``cfg.data`` (the Python API's ``spagraph.tl.fit``).
     """
     from spagraph.experiment.tracking import NullTracker
     from spagraph.experiment.progress import RunProgress
@@ -227,10 +237,15 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fa
     dump_config(cfg, out / "config.yaml")
     tracker = tracker or NullTracker()
     t0 = time.time()
-    slices, groups = load_slices(cfg.data, base_dir)
+    if slices is None:
+        slices, groups = load_slices(cfg.data, base_dir)
+    else:
+        groups = {n: "default" for n in slices}
     folds = plan_folds(cfg, list(slices), groups)
     seeds = list(cfg.train.seeds)
-    all_rows, all_preds, fold_reports = [], [], {}
+    all_rows, all_preds, fold_reports, fold_encoders = [], [], {}, {}
+    if save_models and cfg.model_type == "baseline":
+        raise ValueError("--save-model saves spagraph models; model_type 'baseline' has no saved-model format")
     step = 0
     with RunProgress(enabled=progress, n_runs=len(folds) * len(seeds), epochs=cfg.train.epochs) as prog:
         for fold in folds:
@@ -238,6 +253,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fa
             graphs = None
             if todo:
                 graphs, report = embed_and_graph(cfg, slices, fold)
+                fold_encoders[fold.name] = report.pop("gene_encoder", None)
                 fold_reports[fold.name] = {"train": fold.train, "val": fold.val, "test": fold.test,
                                            "embed": _jsonable(report)}
             for seed in seeds:
@@ -275,7 +291,9 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fa
                 atomic_write_json(jpath, {"rows": rows, "fold": fold_reports[fold.name]})
                 if save_models and info.get("model") is not None:
                     from spagraph.train.saved import save_model
-                    save_model(info["model"], cfg, graphs, fold, out / "models" / key, slices=slices, base_dir=base_dir, seed=seed)
+                    save_model(info["model"], cfg, graphs, fold, model_path(out, cfg, fold, seed), slices=slices,
+                               base_dir=base_dir, seed=seed, val_metrics=rows,
+                               gene_encoder=fold_encoders.get(fold.name))
                 ckpt.unlink(missing_ok=True)
                 all_rows.extend(rows)
                 all_preds.append(preds)
@@ -286,6 +304,12 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fa
     metrics = summarise(cfg, all_rows, fold_reports)
     metrics["undetermined_as_noncancer"] = secondary_undetermined_as_negative(pred, slices)
     metrics["wall_time_s"] = round(time.time() - t0, 2)
+    if base_dir is not None:
+        metrics["base_dir"] = str(Path(base_dir).resolve())   # where relative data paths start (report)
+    if save_models and cfg.protocol.kind == "fit" and (out / "model").is_dir():
+        from spagraph.utils import atomic_write_text
+        from spagraph.train.saved import ensemble_card
+        atomic_write_text(out / "model" / "model_card.md", ensemble_card(out / "model", metrics))
     atomic_write_json(out / "metrics.json", metrics)
     maps = write_slice_maps(pred, slices, out / "maps") if write_maps else []
     tracker.log_table("per_slice_metrics", [{k: v for k, v in r.items() if k != "undefined"} for r in all_rows])
@@ -296,9 +320,18 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fa
     return metrics
 
 
+def model_path(out: Path, cfg: ExperimentConfig, fold: Fold, seed: int) -> Path:
+    """Where ``--save-model`` puts a model: ``OUT/model/s<seed>`` for protocol ``fit`` (the seeds
+    of ``OUT/model`` form one ensemble for ``spagraph predict OUT/model``), else
+    ``OUT/models/<fold>_s<seed>``."""
+    if cfg.protocol.kind == "fit":
+        return Path(out) / "model" / f"s{seed}"
+    return Path(out) / "models" / f"{_safe(fold.name)}_s{seed}"
+
+
 def write_slice_maps(pred: pd.DataFrame, slices: dict, out: Path) -> list[Path]:
     """One label / score / prediction map per test slice (scores averaged over seeds)."""
-    from spagraph.viz.maps import plot_slice_map
+    from spagraph.viz.spatial import plot_slice_panels
     paths = []
     for s, df in pred.groupby("slice", sort=False):
         agg = df.groupby("spot", sort=False).agg(score=("score", "mean"), pred=("pred", "mean"), label=("label", "first"))
@@ -307,8 +340,11 @@ def write_slice_maps(pred: pd.DataFrame, slices: dict, out: Path) -> list[Path]:
         pos = np.asarray(a.obsm["spatial"])[idx]
         img, scale = _slice_image(a)
         lab = agg["label"].astype("Float32").to_numpy(dtype=float, na_value=np.nan)
-        paths.append(plot_slice_map(pos, lab, agg["score"].to_numpy(), (agg["pred"].to_numpy() >= 0.5).astype(int),
-                                    out / f"{_safe(s)}.png", title=s, image=img, image_scale=scale))
+        platform = (a.uns.get("spagraph_slice", {}) or {}).get("platform")
+        paths.append(plot_slice_panels(pos, out / f"{_safe(s)}.png", label=lab, score=agg["score"].to_numpy(),
+                                       pred=(agg["pred"].to_numpy() >= 0.5).astype(float), image=img, image_scale=scale,
+                                       platform=platform,
+                                       title=f"{s} (prediction: majority over seeds, each at its own threshold)"))
     return paths
 
 
