@@ -38,7 +38,7 @@ def load_source(src: SliceSource, base: Path | None = None) -> dict:
         return {src.name or p.stem: sio.read_h5ad(p)}
     if src.reader == "card":
         from spagraph.io.cards import read_card
-        return read_card(src.card, resolve_path(src.root, base), src.names)
+        return read_card(src.card, resolve_path(src.root, base, must_exist=False), src.names)   # its error says how to fetch
     if src.reader != "synthetic":
         raise ValueError(f"unknown reader {src.reader!r}")
     from spagraph.io.synthetic import make_synthetic_dataset

@@ -42,6 +42,7 @@ class SliceAnalysis:
     risk: pd.DataFrame
     boundary_seeds: list[dict] = field(default_factory=list)
     boundary_ensemble: dict = field(default_factory=dict)
+    platform: str | None = None      # uns["spagraph_slice"]["platform"]: the map's micron scale bar
 
 
 @dataclass
@@ -159,7 +160,8 @@ def analyse_slice(name: str, adata, df: pd.DataFrame, threshold: float, settings
     img, scale = slice_image(adata)
     return SliceAnalysis(name=name, spots=list(wide.index), pos=pos, image=img, image_scale=scale, label=label,
                          runs=runs, seeds=seeds, score=score, spread=risk["spread"].to_numpy(), threshold=threshold,
-                         pred=pred, regions=regions, risk=risk, boundary_seeds=bseeds, boundary_ensemble=bens)
+                         pred=pred, regions=regions, risk=risk, boundary_seeds=bseeds, boundary_ensemble=bens,
+                         platform=(adata.uns.get("spagraph_slice", {}) or {}).get("platform"))
 
 
 def analyse_run(run_dir: str | Path, slices: dict | None = None, base_dir: Path | None = None,

@@ -2,8 +2,9 @@
 
 Writes ``RUN_DIR/report.html``, ``RUN_DIR/regions.csv`` (every predicted spot: ensemble
 score, spread, prediction, region, risk), ``RUN_DIR/high_risk.csv`` (``slice, spot, score,
-spread, nearest_tumour_distance, ...``), ``RUN_DIR/boundary.csv`` and the figures under
-``RUN_DIR/report_files/``.
+spread, nearest_tumour_distance, ...``) and ``RUN_DIR/boundary.csv``. Figures are drawn in a
+temporary folder, shrunk (256-colour palette PNG) and embedded; no ``report_files/`` folder is
+left beside the page.
 """
 from __future__ import annotations
 
@@ -45,8 +46,21 @@ def _fmt(v, nd=3) -> str:
     return html.escape(str(v))
 
 
+def shrink_png(raw: bytes) -> bytes:
+    """A figure PNG re-encoded with a 256-colour palette (figures have few colours; the H&E under
+    the spots loses little at screen size): 2-4x smaller pages. The original when that is not smaller."""
+    import io
+    from PIL import Image
+    with Image.open(io.BytesIO(raw)) as im:
+        q = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        buf = io.BytesIO()
+        q.save(buf, format="PNG", optimize=True)
+    small = buf.getvalue()
+    return small if len(small) < len(raw) else raw
+
+
 def _img(path: Path, alt: str) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    data = base64.b64encode(shrink_png(Path(path).read_bytes())).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
@@ -190,8 +204,9 @@ def _slice_figures(ra: RunAnalysis, fig_dir: Path) -> dict[str, list[Path]]:
         f1 = plot_slice_panels(s.pos, fig_dir / f"{_safe(s.name)}_maps.png", label=s.label, score=s.score,
                                uncertainty=s.spread if len(s.seeds) > 1 else None, pred=s.pred, regions=s.regions,
                                risk=s.risk["risk"].to_numpy(), high_risk=s.risk["high_risk"].to_numpy(),
-                               title=f"{s.name}: seed ensemble of {len(s.seeds)}, threshold {s.threshold:.3f}",
-                               image=s.image, image_scale=s.image_scale)
+                               title=f"{s.name}: seed ensemble of {len(s.seeds)}", threshold=s.threshold,
+                               threshold_method=ra.metrics.get("threshold_method"),
+                               image=s.image, image_scale=s.image_scale, platform=s.platform)
         m = ~np.isnan(s.label)
         f2 = plot_roc_pr([(s.label[m].astype(int), r[m]) for r in s.runs], fig_dir / f"{_safe(s.name)}_curves.png",
                          title=s.name, mean_score=(s.label[m].astype(int), s.score[m]))
@@ -204,8 +219,12 @@ def write_report(run_dir: str | Path, slices: dict | None = None, base_dir: Path
     """Analyse a finished run and write report.html, regions.csv, high_risk.csv, boundary.csv."""
     from spagraph.viz.curves import plot_calibration, plot_roc_all
     run_dir = Path(run_dir)
+    import shutil
+    import tempfile
     ra = analyse_run(run_dir, slices=slices, base_dir=base_dir, settings=settings)
-    fig_dir = run_dir / "report_files"
+    shutil.rmtree(run_dir / "report_files", ignore_errors=True)      # left by older versions
+    tmp = tempfile.TemporaryDirectory(prefix=".report_files.", dir=run_dir)
+    fig_dir = Path(tmp.name)
     for name, df in (("regions.csv", ra.regions_table()), ("high_risk.csv", ra.high_risk_table()),
                      ("boundary.csv", ra.boundary_table())):
         with atomic_path(run_dir / name) as tmp:
@@ -246,4 +265,5 @@ def write_report(run_dir: str | Path, slices: dict | None = None, base_dir: Path
             "\n</body></html>\n")
     out = run_dir / "report.html"
     atomic_write_text(out, page)
+    tmp.cleanup()
     return out
