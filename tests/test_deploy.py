@@ -206,3 +206,31 @@ def test_relative_paths_resolve_against_yaml_folder_and_errors_name_them(tmp_pat
     with pytest.raises(FileNotFoundError) as e:
         resolve_path("nope", tmp_path / "cfg")
     assert str(tmp_path / "cfg" / "nope") in str(e.value) and str(tmp_path / "nope") in str(e.value)
+
+
+def test_cli_run_save_model_then_predict_gives_the_run_scores(tmp_path):
+    """spagraph run --save-model (protocol fit) -> spagraph predict on the validation slice: the
+    loaded model reproduces the run's own scores for that slice exactly."""
+    import yaml
+    from spagraph.experiment.runner import model_path
+    cfg = dict(CFG, data={"sources": [{"reader": "synthetic", "n_slices": 3, "n_spots": 120, "seed": 3,
+                                       "with_image": False}]})
+    y = tmp_path / "fit.yaml"
+    y.write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(app, ["run", str(y), "--save-model", "--out", str(tmp_path / "run"), "--no-progress",
+                                 "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert "validation" in r.output
+    assert (tmp_path / "run" / "model" / "s0" / "meta.json").is_file()
+    assert model_path(tmp_path, validate_config({**CFG, "protocol": {"kind": "loso"}}),
+                      plan_folds(validate_config({**CFG, "protocol": {"kind": "loso"}}), ["a", "b", "c"], {})[0],
+                      2) == tmp_path / "models" / "a_s2"
+    pred = pd.read_csv(tmp_path / "run" / "predictions.csv", float_precision="round_trip", dtype={"spot": str})
+    assert set(pred["slice"]) == {"syn2"}
+    val = make_synthetic_dataset(3, seed=3, n_spots=120, with_image=False)["syn2"]
+    val.write_h5ad(tmp_path / "syn2.h5ad")
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "run" / "model"), str(tmp_path / "syn2.h5ad"),
+                                 "--out", str(tmp_path / "p"), "--mc-passes", "0", "--no-plot"])
+    assert r.exit_code == 0, r.output
+    t = pd.read_csv(tmp_path / "p" / "syn2.csv", float_precision="round_trip", dtype={"spot": str})
+    np.testing.assert_array_equal(t.set_index("spot").loc[pred["spot"], "score"].to_numpy(), pred["score"].to_numpy())
