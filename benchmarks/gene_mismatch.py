@@ -12,6 +12,7 @@ Protocol (her2st, genes + space, settings of experiments/her2st_loso.yaml):
   (genes the file lacks) and the same random removals, r vs B4's own scores.
 
     OMP_NUM_THREADS=1 python benchmarks/gene_mismatch.py [--data ../shared/data] [--seeds 0]
+        [--set embed.settings.slice_norm=none]   # without per-slice z-scoring the two fills differ
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--draws", type=int, default=3)
     p.add_argument("--out", default=None, help="write the table as CSV here")
+    p.add_argument("--set", dest="set_", action="append", default=[],
+                   help="config override, e.g. --set embed.settings.slice_norm=none (repeatable)")
     args = p.parse_args()
     import torch
     torch.set_num_threads(1)
@@ -56,7 +59,8 @@ def main() -> None:
         h1 = read_her2st(data / "her2st", "H1")
         b4 = read_her2st(data / "her2st_unlabelled", "B4", image=False)
     t0 = time.time()
-    model = spagraph.tl.fit(slices, ROOT / "experiments" / "her2st_loso.yaml", seeds=args.seeds)
+    cfg = spagraph.tl.as_config(ROOT / "experiments" / "her2st_loso.yaml", args.set_)
+    model = spagraph.tl.fit(slices, cfg, seeds=args.seeds)
     print(f"fit: {time.time() - t0:.0f} s; trained on {model.members[0].meta['fold']['train']}, "
           f"validation {model.members[0].meta['fold']['val']}")
     genes = model.genes

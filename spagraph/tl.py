@@ -188,8 +188,9 @@ def read_inputs(paths: list, slices: list[str] | None = None, card: str | None =
             for s in slices:
                 add(s, functools.partial(read_slice, p, slice_name=s))
             continue
-        if slices and len(paths) == 1 and p.suffix != ".h5ad":
-            raise ValueError(f"--slice selects sections of a her2st-style root (or a card with --card); {p} is not one")
+        if slices and len(paths) == 1:
+            raise ValueError(f"--slice selects sections of a her2st-style root (a folder with counts/) or of a "
+                             f"dataset card (--card); {p} is neither")
         name = p.stem if p.suffix == ".h5ad" else (p.parent.name if p.name == "outs" else p.name)
         add(name, functools.partial(read_slice, p))
     if not out:

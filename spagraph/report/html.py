@@ -20,6 +20,7 @@ from spagraph.regions import RegionSettings
 from spagraph.report.analysis import RunAnalysis, analyse_run
 from spagraph.utils import atomic_path, atomic_write_text
 
+REPORT_MAP_DPI = 80       # maps in the page are viewed at screen size; 110 dpi files made 5-8 MB pages
 METRIC_COLS = [("auc", "AUC"), ("ap", "AP"), ("f1", "F1"), ("f1_val_threshold", "F1 (val thr.)"),
                ("accuracy", "accuracy"), ("sensitivity", "sensitivity"), ("specificity", "specificity")]
 
@@ -46,20 +47,8 @@ def _fmt(v, nd=3) -> str:
     return html.escape(str(v))
 
 
-def shrink_png(raw: bytes) -> bytes:
-    """A figure PNG re-encoded with a 256-colour palette (figures have few colours; the H&E under
-    the spots loses little at screen size): 2-4x smaller pages. The original when that is not smaller."""
-    import io
-    from PIL import Image
-    with Image.open(io.BytesIO(raw)) as im:
-        q = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-        buf = io.BytesIO()
-        q.save(buf, format="PNG", optimize=True)
-    small = buf.getvalue()
-    return small if len(small) < len(raw) else raw
-
-
 def _img(path: Path, alt: str) -> str:
+    from spagraph.viz.spatial import shrink_png
     data = base64.b64encode(shrink_png(Path(path).read_bytes())).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
@@ -206,7 +195,8 @@ def _slice_figures(ra: RunAnalysis, fig_dir: Path) -> dict[str, list[Path]]:
                                risk=s.risk["risk"].to_numpy(), high_risk=s.risk["high_risk"].to_numpy(),
                                title=f"{s.name}: seed ensemble of {len(s.seeds)}", threshold=s.threshold,
                                threshold_method=ra.metrics.get("threshold_method"),
-                               image=s.image, image_scale=s.image_scale, platform=s.platform)
+                               image=s.image, image_scale=s.image_scale, platform=s.platform,
+                               dpi=REPORT_MAP_DPI)
         m = ~np.isnan(s.label)
         f2 = plot_roc_pr([(s.label[m].astype(int), r[m]) for r in s.runs], fig_dir / f"{_safe(s.name)}_curves.png",
                          title=s.name, mean_score=(s.label[m].astype(int), s.score[m]))
