@@ -234,3 +234,41 @@ def test_cli_run_save_model_then_predict_gives_the_run_scores(tmp_path):
     assert r.exit_code == 0, r.output
     t = pd.read_csv(tmp_path / "p" / "syn2.csv", float_precision="round_trip", dtype={"spot": str})
     np.testing.assert_array_equal(t.set_index("spot").loc[pred["spot"], "score"].to_numpy(), pred["score"].to_numpy())
+
+
+def test_map_has_plain_he_panel_scale_bar_threshold_title_and_lossless_png(tmp_path):
+    import io
+    import matplotlib
+    matplotlib.use("Agg")
+    from PIL import Image
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+    from spagraph.viz.spatial import plot_slice_panels, shrink_png
+    xx, yy = np.meshgrid(np.arange(12), np.arange(10))
+    pos = np.c_[xx.ravel() * 200.0 + 100, yy.ravel() * 200.0 + 100]        # full-res px, pitch 200 px
+    img = np.full((2200, 2600, 3), 230, np.uint8)
+    score = np.linspace(0, 1, len(pos))
+    fig = plot_slice_panels(pos, None, score=score, regions=np.where(score > 0.5, "tumour", "healthy"),
+                            image=img, image_scale=0.5, platform="legacy_st", threshold=0.5,
+                            threshold_method="quantile_beta", title="S")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0] == "H&E" and not fig.axes[0].collections                # plain H&E: no spots
+    assert "threshold 0.500 (quantile_beta)" in fig._suptitle.get_text()
+    bars = [a for ax in fig.axes for a in ax.artists if isinstance(a, AnchoredSizeBar)]
+    assert bars and all("mm" in b.txt_label.get_text() or "µm" in b.txt_label.get_text() for b in bars)
+    fig2 = plot_slice_panels(pos, None, score=score, platform="visium")
+    import matplotlib.pyplot as plt
+    plt.close(fig); plt.close(fig2)
+    p = plot_slice_panels(pos, tmp_path / "m.png", score=score, image=img, image_scale=0.5, platform="legacy_st")
+    buf = io.BytesIO()
+    Image.new("RGB", (50, 40), (10, 200, 30)).save(buf, format="PNG")
+    raw = buf.getvalue()
+    small = shrink_png(raw)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(small)).convert("RGB")),
+                          np.asarray(Image.open(io.BytesIO(raw)).convert("RGB")))
+    assert p.stat().st_size > 0 and oct(p.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask():
+    m = os.umask(0)
+    os.umask(m)
+    return m
