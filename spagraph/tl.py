@@ -260,10 +260,13 @@ def predict_many(model: Model, inputs: dict, out: str | Path, plot: bool = True,
                "cancer_frac": round(float(t["pred"].mean()), 4), "threshold": round(float(u["threshold"]), 4),
                "rule": u["threshold_method"], **{k: int(reg.get(k, 0)) for k in ("tumour", "boundary", "healthy", "high_risk")},
                "genes_missing": int(g.get("n_missing", 0)), "missing_weight": round(float(g.get("missing_weight_share", 0.0)), 6),
-               "h5ad": str(h5)}
+               "prevalence": float(u.get("prevalence_estimate", float("nan"))),
+               "tumour_regions": len((u.get("tumour_regions") or {}).get("region", [])),
+               "flags": str(u.get("flags", "") or ""), "h5ad": str(h5)}
         rows.append(row)
         if on_slice is not None:
-            on_slice(name, row)
+            on_slice(name, {**row, "adata": adata})
+        del adata
     df = pd.DataFrame(rows)
     summ = (out.parent / f"{out.stem}_summary.csv") if single else out / "summary.csv"
     with atomic_path(summ) as tmp:

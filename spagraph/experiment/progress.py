@@ -44,6 +44,17 @@ class RunProgress:
             self._p.update(self._runs, advance=1, info=name)
 
 
+def _flags(df) -> str:
+    """Guard flags of a slice's rows: DEGENERATE -> fallback, or the number of noted extremes."""
+    if "flags" not in df:
+        return ""
+    deg = [str(r.get("threshold_method")) for _, r in df.iterrows() if "degenerate" in (r.get("flags") or [])]
+    if deg:
+        return f"DEGENERATE x{len(deg)} -> {','.join(sorted(set(deg)))}"
+    n = sum(1 for f in df["flags"] if f)
+    return f"{n} noted" if n else ""
+
+
 def summary_table(metrics: dict):
     """A rich Table: per-slice AUC / AP / F1 (mean over seeds) and the overall mean ± std."""
     from rich.table import Table
@@ -54,22 +65,29 @@ def summary_table(metrics: dict):
     t = Table(title=f"{metrics.get('experiment', '')} — protocol {metrics['protocol']}{on}, "
                     f"undetermined {metrics['undetermined']}, threshold {metrics.get('threshold_method')}",
               box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
-    # fits 80 columns: names are shortened (ellipsis), numbers never (no_wrap, fixed width)
-    for c in ("slice", "seeds", "n", "AUC", "AP", "F1", "F1@val", "F1@q", "F1@mix", "F1@J", "F1@.5"):
+    # names are shortened (ellipsis), numbers never (no_wrap); the CLI widens the console to fit
+    for c in ("slice", "seeds", "n", "AUC", "AP", "F1", "F1@val", "F1@q", "F1@mix", "F1@J", "F1@.5", "rule",
+              "prev.", "true", "ECE", "flags"):
         if c == "slice":
             t.add_column(c, justify="left", overflow="ellipsis", no_wrap=True, max_width=12)
         else:
-            t.add_column(c, justify="right", no_wrap=True, min_width=5 if c not in ("seeds", "n") else 1)
+            t.add_column(c, justify="right", no_wrap=True)
     t.caption = ("F1 at the primary threshold, then at: val = validation F1-optimal, q = quantile-matched, "
-                 "mix = mixture on the slice's own scores, J = validation Youden, .5 = fixed 0.5")
+                 "mix = mixture on the slice's own scores, J = validation Youden, .5 = fixed 0.5 (calibrated); "
+                 "prev. = label-free estimated cancer fraction, true = labelled fraction, ECE = calibration error, "
+                 "flags = guard (DEGENERATE: calls replaced by the named fallback)")
     fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
     for s, df in rows.groupby("slice", sort=False):
         m = lambda k: df[k].astype(float).mean() if k in df and df[k].notna().any() else None
         t.add_row(str(s), str(len(df)), str(int(df["n"].iloc[0])), fmt(m("auc")), fmt(m("ap")), fmt(m("f1")),
                   fmt(m("f1_val_threshold")), fmt(m("f1_quantile")), fmt(m("f1_mixture")),
-                  fmt(m("f1_val_youden")), fmt(m("f1_fixed_0.5")))
+                  fmt(m("f1_val_youden")), fmt(m("f1_fixed_0.5")),
+                  ",".join(sorted(set(map(str, df["rule"])))) if "rule" in df else "",
+                  fmt(m("prevalence_estimate")), fmt(m("true_fraction")), fmt(m("ece")), _flags(df))
     mean, std = metrics["mean"], metrics["std"]
     keys = ("auc", "ap", "f1", "f1_val_threshold", "f1_quantile", "f1_mixture", "f1_val_youden", "f1_fixed_0.5")
-    t.add_row("mean", "", "", *[fmt(mean.get(k)) for k in keys], style="bold")
-    t.add_row("± std", "", "", *[fmt(std.get(k)) for k in keys])
+    t.add_row("mean", "", "", *[fmt(mean.get(k)) for k in keys], "",
+              "MAE " + fmt((metrics.get("decisions") or {}).get("prevalence_mae")), "", fmt(mean.get("ece")), "",
+              style="bold")
+    t.add_row("± std", "", "", *[fmt(std.get(k)) for k in keys], "", "", "", fmt(std.get("ece")), "")
     return t
