@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 _warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*is deprecated", category=FutureWarning)
 _warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=DeprecationWarning)
 
-_SUBMODULES = ("io", "tl", "pl", "embed", "graph", "nn", "train", "experiment", "viz", "report", "regions", "bench",
+_SUBMODULES = ("io", "tl", "pl", "embed", "graph", "nn", "train", "experiment", "viz", "report", "regions", "bench", "decide",
                "utils")
 __all__ = list(_SUBMODULES) + ["load_model", "__version__"]
 
