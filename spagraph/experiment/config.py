@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
+from spagraph.utils import load_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
@@ -48,10 +49,14 @@ class SliceSource(_Strict):
     """One source of slices.
 
     reader: ``her2st`` (root + names), ``spaceranger`` (path = outs/, optional annotation CSV),
-    ``h5ad`` (path), ``card`` (a dataset card from ``datasets/`` + the root it was fetched to), ``synthetic`` (generated: n_slices x n_spots, seed, optional batch effect).
+    ``h5ad`` (path), ``card`` (a dataset card from ``datasets/`` + the root it was fetched to), ``synthetic`` (generated: n_slices x n_spots, seed, optional batch effect),
+    ``xenium`` (path = Xenium output folder; ``bin_um`` + ``bins`` square / hex / cells, optional ``he_image`` +
+    ``he_alignment``), ``visium_hd`` (path = Space Ranger outs/; ``bin_um`` 2 / 8 / 16),
+    ``spatialdata`` (path = .zarr; optional ``table``, ``region``, ``annotation_key``).
+    ``annotation`` (CSV id,label) works for spaceranger, xenium (cell or pseudo-spot ids) and visium_hd.
     ``group`` tags slices for the transfer protocol (source / target).
     """
-    reader: Literal["her2st", "spaceranger", "h5ad", "synthetic", "card"]
+    reader: Literal["her2st", "spaceranger", "h5ad", "synthetic", "card", "xenium", "visium_hd", "spatialdata"]
     card: Optional[str] = None             # reader 'card': dataset card name (datasets/<card>.yaml) or path
     root: Optional[str] = None
     names: Optional[list[str]] = None
@@ -65,6 +70,13 @@ class SliceSource(_Strict):
     with_image: bool = True
     batch_effect: Optional[dict[str, float]] = None
     group: str = "default"
+    bin_um: Optional[float] = Field(None, gt=0)        # xenium (default 50) / visium_hd (default 16)
+    bins: Literal["square", "hex", "cells"] = "square"  # xenium pseudo-spot grid
+    he_image: Optional[str] = None                      # xenium: post-Xenium H&E ...
+    he_alignment: Optional[str] = None                  # ... and its 3x3 alignment CSV
+    table: Optional[str] = None                         # spatialdata: table name
+    region: Optional[str] = None                        # spatialdata: annotated shapes / points
+    annotation_key: Optional[str] = None                # spatialdata: obs column with label text
 
     @model_validator(mode="after")
     def _needs(self):
@@ -72,13 +84,15 @@ class SliceSource(_Strict):
             raise ValueError("reader 'her2st' needs 'root' (directory) and 'names' (list of slice names)")
         if self.reader == "card" and (not self.card or not self.root):
             raise ValueError("reader 'card' needs 'card' (dataset card name) and 'root' (where `spagraph fetch` put it)")
-        if self.reader in ("spaceranger", "h5ad") and not self.path:
+        if (self.he_image is None) != (self.he_alignment is None):
+            raise ValueError("he_image and he_alignment go together (the H&E and its 3x3 alignment CSV)")
+        if self.reader in ("spaceranger", "h5ad", "xenium", "visium_hd", "spatialdata") and not self.path:
             raise ValueError(f"reader '{self.reader}' needs 'path'")
         return self
 
 
 class DataConfig(_Strict):
-    sources: list[SliceSource]
+    sources: list[SliceSource] = Field(min_length=1)
     label_key: str = "cancer"
     train: Optional[list[str]] = None      # protocol 'fixed'
     validate_: Optional[list[str]] = Field(None, alias="validate")
@@ -175,6 +189,16 @@ class TrainConfig(_Strict):
     orient_augment: bool = False   # random cyclic shift + reflection of the direction bins per slice and step
     seeds: list[int] = Field(default_factory=lambda: [0])
 
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        if not v:
+            raise ValueError("train.seeds is empty: list at least one seed, e.g. seeds: [0] (one model per seed)")
+        dup = sorted({s for s in v if v.count(s) > 1})
+        if dup:
+            raise ValueError(f"train.seeds lists seed(s) {dup} more than once; each seed is one run")
+        return v
+
     @model_validator(mode="before")
     @classmethod
     def _retired(cls, data):
@@ -187,8 +211,15 @@ class ProtocolConfig(_Strict):
 
 
 class ThresholdConfig(_Strict):
-    method: Literal["quantile_beta", "quantile_empirical", "mixture", "val_f1", "val_youden", "fixed"] = "quantile_beta"
+    # "auto": chosen per fold by inner leave-one-slice-out over the fold's training slices
+    # (spagraph.decide.choose); every rule acts on calibrated probabilities (spagraph.decide)
+    method: Literal["auto", "prior_adjusted", "expected_f1", "spatial", "mixture_spatial", "prevalence_quantile", "quantile_beta", "quantile_empirical",
+                    "mixture", "val_f1", "val_youden", "fixed"] = "auto"
     fixed: float = Field(0.5, ge=0, le=1)
+    calibration: Literal["platt", "isotonic", "identity"] = "platt"
+    # the slice's estimated cancer fraction: EM prior adjustment, two-component mixture, or the one
+    # with the lower inner-fold error ("auto")
+    prevalence: Literal["auto", "em", "mixture"] = "auto"
 
 
 class TrackConfig(_Strict):
@@ -277,9 +308,11 @@ def _compose(path: Path) -> tuple[Any, dict[tuple, str]]:
         raise ConfigError(f"{path}: cannot read the experiment file: {e}") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data = load_yaml(text, path)          # refuses duplicate keys, naming both lines
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     lines: dict[tuple, str] = {}
 
     def walk(n, prefix):
@@ -342,8 +375,8 @@ def parse_set(assignments: list[str] | None) -> list[tuple[list[str], Any]]:
         if not keys:
             raise ConfigError(f"--set {a!r}: empty key")
         try:
-            val = yaml.safe_load(v)
-        except yaml.YAMLError as e:
+            val = load_yaml(v, f"--set {a}")
+        except (yaml.YAMLError, ValueError) as e:
             raise ConfigError(f"--set {a!r}: value is not valid YAML: {e}") from None
         out.append((keys, val))
     return out
