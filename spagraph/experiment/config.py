@@ -29,7 +29,7 @@ class _Strict(BaseModel):
 RETIRED = {"train": {"val_smoothing": 1, "focal_gamma": 0.0}, "model": {"feature_smoothing_steps": 1}}
 # Keys added later: left out of the config hash while at their default, so runs and saved models
 # from before they existed keep their hash (resume, suite reuse and load_model checks).
-ADDED_LATER = {"train": {"orient_augment": False}}
+ADDED_LATER = {"train": {"orient_augment": False, "prior_rule_se": "hanley_mcneil"}}
 
 
 def _drop_retired(section: str, data):
@@ -186,6 +186,7 @@ class TrainConfig(_Strict):
     device: str = "auto"
     ema_decay: float = Field(0.0, ge=0, lt=1)
     one_se_rule: bool = True
+    prior_rule_se: Literal["hanley_mcneil", "delong"] = "hanley_mcneil"   # the standard error the one-SE rule uses
     orient_augment: bool = False   # random cyclic shift + reflection of the direction bins per slice and step
     seeds: list[int] = Field(default_factory=lambda: [0])
 
