@@ -215,6 +215,9 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fa
     from spagraph.experiment.tasks import fit_task, prepare_fold, task_key, write_task_result
     from spagraph.experiment.tracking import NullTracker
     check_inputs(cfg)
+    if cfg.nested is not None:   # every choice by inner leave-one-slice-out: spagraph.experiment.nested
+        from spagraph.experiment.nested import run_nested
+        return run_nested(cfg, out_dir, resume=resume, progress=progress, base_dir=base_dir, write_maps=write_maps)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "folds").mkdir(exist_ok=True)
