@@ -65,10 +65,33 @@ def _absolute_sources(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
     return validate_config(data)
 
 
+def open_storage(storage: str):
+    """An Optuna storage from a string: ``journal:PATH`` (Optuna's JournalStorage on a file: one
+    machine, many processes), else an RDB URL (``sqlite:///...``, ``postgresql://...``: a cluster)."""
+    import optuna
+    if storage.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+        path = Path(storage[len("journal:"):]).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    return storage
+
+
+def _tune_worker(kwargs: dict) -> dict:
+    """One parallel tuning worker (an executor task): trials until the study holds enough."""
+    return tune(**kwargs)
+
+
 def tune(config: str | Path, trials: int, storage: str, out: str | Path, overrides: list[str] | None = None,
          exclude: list[str] | None = None, seed: int = 0, max_folds: int | None = None,
-         progress: bool = True) -> dict:
-    """Run (or continue) a study until it holds ``trials`` finished trials; write best.yaml + plots."""
+         progress: bool = True, workers: int = 1, executor=None, _worker: bool = False) -> dict:
+    """Run (or continue) a study until it holds ``trials`` finished trials; write best.yaml + plots.
+
+    ``workers`` > 1 runs that many tuning processes on ``executor`` (Ray: in parallel), all on the
+    one study in ``storage`` (``journal:FILE`` on one machine, an RDB URL on a cluster); each stops
+    once the study holds ``trials`` finished (complete or pruned) trials. Worker ``i`` samples with
+    seed ``seed + i``; trials record their worker's pid (user attribute ``worker``).
+    """
     import optuna
     from spagraph.experiment.data import load_slices, plan_folds
     from spagraph.experiment.runner import embed_and_graph, model_settings, train_settings
@@ -91,17 +114,29 @@ def tune(config: str | Path, trials: int, storage: str, out: str | Path, overrid
     embed_keys = [k for k in cfg.search if k.split(".")[0] in ("embed", "graph")]
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=cfg.name, storage=storage, load_if_exists=True, direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=seed),
+    study = optuna.create_study(study_name=cfg.name, storage=open_storage(storage), load_if_exists=True,
+                                direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=5))
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # left by a killed process
+    if not _worker:      # a worker must not fail its siblings' running trials
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # left by a killed process
+    if workers > 1 and not _worker:
+        from spagraph.experiment.executor import map_tasks
+        if storage.startswith("sqlite") and executor is not None and executor.kind == "ray":
+            log.warning("--storage %s: SQLite locks under parallel writers; prefer journal:FILE on one machine "
+                        "or an RDB server URL on a cluster", storage)
+        base = dict(config=str(Path(config).resolve()), trials=trials, storage=storage, out=str(out),
+                    overrides=overrides, exclude=exclude, max_folds=max_folds, progress=False, _worker=True)
+        map_tasks(_tune_worker, [base | {"seed": seed + i} for i in range(workers)],
+                  names=[f"tune worker {i}" for i in range(workers)], executor=executor)
+        study = optuna.load_study(study_name=cfg.name, storage=open_storage(storage))
     done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
                                                         optuna.trial.TrialState.PRUNED)))
     todo = max(0, trials - done)
     log.info("study %s: %d finished trials, running %d more", cfg.name, done, todo)
 
     def objective(trial):
+        trial.set_user_attr("worker", os.getpid())
         params = {k: _suggest(trial, k, p) for k, p in cfg.search.items()}
         tcfg = apply_params(cfg, params)
         seed0 = tcfg.train.seeds[0]
@@ -133,7 +168,15 @@ def tune(config: str | Path, trials: int, storage: str, out: str | Path, overrid
         finally:
             tracker.finish()
 
-    if todo:
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    if _worker:
+        if todo == 0:
+            return {"worker": os.getpid(), "trials": []}
+        study.optimize(objective, show_progress_bar=False, catch=(),
+                       callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)])
+        return {"worker": os.getpid(), "trials": [t.number for t in study.get_trials(deepcopy=False)
+                                                  if t.user_attrs.get("worker") == os.getpid()]}
+    if todo and workers <= 1:
         study.optimize(objective, n_trials=todo, show_progress_bar=progress, catch=())
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
     if not complete:
