@@ -1,7 +1,8 @@
 """Run an experiment: folds x seeds of embed -> graph -> fit -> predict -> threshold -> metrics.
 
 Outputs in ``OUT`` (contract read by later tooling):
-  predictions.csv   slice,spot,seed,score,pred,label   (label 1/0, NA for undetermined/unlabelled)
+  predictions.csv   slice,spot,seed,score,pred,label,raw_score   (score: calibrated P(cancer); raw_score: the
+                    model's; label 1/0, NA for undetermined/unlabelled)
   metrics.json      protocol, per_slice rows, mean/std over slices x seeds
   config.yaml       the resolved config;   maps/<slice>.png   label / score / prediction maps
   folds/            one finished (fold, seed) per JSON + CSV: what ``--resume`` skips
@@ -35,21 +36,18 @@ class EpochCallback:
     def __call__(self, fold: str, seed: int, epoch: int, record: dict) -> None: ...
 
 
+# The library takes the validated config sections themselves (GraphSettings, ModelSettings and
+# TrainSettings are GraphConfig, ModelConfig and TrainConfig): one set of defaults.
 def graph_settings(cfg: ExperimentConfig):
-    from spagraph.graph import GraphSettings
-    return GraphSettings(**cfg.graph.model_dump())
+    return cfg.graph
 
 
 def model_settings(cfg: ExperimentConfig):
-    from spagraph.nn.model import ModelSettings
-    return ModelSettings(**cfg.model.model_dump())
+    return cfg.model
 
 
 def train_settings(cfg: ExperimentConfig):
-    from spagraph.train.fit import TrainSettings
-    d = cfg.train.model_dump()
-    d.pop("seeds")
-    return TrainSettings(**d)
+    return cfg.train
 
 
 def harmonise(graphs: list) -> None:
@@ -122,54 +120,22 @@ def fit_predict(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, on_e
 
 
 def score_fold(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, scores: dict) -> tuple[list[dict], pd.DataFrame]:
-    """Thresholds (validation labels only) and metrics (test labels only) for one fold and seed."""
-    from spagraph.train.metrics import binary_metrics, validation_thresholds
-    from spagraph.train.thresholds import threshold_rules
-    if fold.val:
-        vy = np.concatenate([graphs[n].y.numpy() for n in fold.val])
-        vs = np.concatenate([scores[n] for n in fold.val])
-        val_thr, j_thr = validation_thresholds(vy, vs)
-    else:
-        vs, val_thr, j_thr = np.zeros(0), 0.5, 0.5
-    rows, preds = [], []
-    for t in fold.test:
-        g, s = graphs[t], scores[t]
-        method = cfg.threshold.method
-        quantile = method if method.startswith("quantile") else "quantile_beta"
-        rules = threshold_rules([method, quantile, "mixture"], vs, val_thr, j_thr, s, cfg.threshold.fixed)
-        thr, used = rules[method]
-        (q_thr, q_used), (m_thr, m_used) = rules[quantile], rules["mixture"]
-        y = g.y.numpy()
-        m = ~np.isnan(y)
-        row = {"slice": t, "seed": seed, "threshold_method": used, "val_threshold": float(val_thr),
-               "quantile_threshold": float(q_thr), "quantile_method": q_used,
-               "mixture_threshold": float(m_thr), "mixture_method": m_used, "youden_threshold": float(j_thr)}
-        if m.any():
-            r = binary_metrics(y[m].astype(int), s[m], thr)
-            row.update(r)
-            # F1 under each label-free threshold rule, whichever one is primary
-            row["f1_val_threshold"] = binary_metrics(y[m].astype(int), s[m], val_thr)["f1"]
-            row["f1_quantile"] = binary_metrics(y[m].astype(int), s[m], q_thr)["f1"]
-            row["f1_mixture"] = binary_metrics(y[m].astype(int), s[m], m_thr)["f1"]
-            row["f1_val_youden"] = binary_metrics(y[m].astype(int), s[m], j_thr)["f1"]
-            row["f1_fixed_0.5"] = binary_metrics(y[m].astype(int), s[m], 0.5)["f1"]
-        else:
-            row.update({"n": 0, "threshold": float(thr), "undefined": ["no labels on this slice"]})
-        rows.append(row)
-        preds.append(pd.DataFrame({"slice": t, "spot": g.spot_ids, "seed": seed, "score": s,
-                                   "pred": (s >= thr).astype(int),
-                                   "label": pd.array(np.where(m, y, np.nan), dtype="Float32").astype("Int8")}))
-    return rows, pd.concat(preds, ignore_index=True)
+    """Calibration and thresholds (validation labels only; the rule by inner folds when
+    ``threshold.method: auto``) and metrics (test labels only) for one fold and seed
+    (:func:`spagraph.decide.evaluate.score_fold`)."""
+    from spagraph.decide.evaluate import score_fold as _score
+    return _score(cfg, graphs, fold, seed, scores)
 
 
 def summarise(cfg: ExperimentConfig, rows: list[dict], fold_reports: dict) -> dict:
     from spagraph.train.metrics import mean_std
-    mean, std, count = mean_std(rows, METRIC_KEYS)
+    from spagraph.decide.evaluate import EXTRA_KEYS, summarise_decisions
+    mean, std, count = mean_std(rows, METRIC_KEYS + EXTRA_KEYS)
     collapsed = [f"{r['slice']}/seed{r['seed']}" for r in rows if any("collapsed" in u for u in r.get("undefined", []))]
     return {"protocol": cfg.protocol.kind, "experiment": cfg.name, "config_hash": cfg.config_hash(),
             "undetermined": "excluded", "threshold_method": cfg.threshold.method,
             "per_slice": rows, "mean": mean, "std": std, "n_defined": count,
-            "collapsed_runs": collapsed, "folds": fold_reports}
+            "collapsed_runs": collapsed, "folds": fold_reports, "decisions": summarise_decisions(rows)}
 
 
 def secondary_undetermined_as_negative(pred: pd.DataFrame, slices: dict) -> dict:
