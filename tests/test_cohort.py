@@ -50,7 +50,7 @@ def test_cohort_predict_writes_one_file_per_slice(model_and_slices, tmp_path):
     # finished slices are skipped on a rerun; a missing one is redone
     (tmp_path / "out" / "new8.h5ad").unlink()
     again = predict_cohort(model, paths, tmp_path / "out", n_mc=0)
-    assert again["skipped"].fillna(False).tolist() == [True, False, True]
+    assert again["skipped"].eq(True).tolist() == [True, False, True]
 
 
 def test_cohort_predict_names_a_bad_slice(model_and_slices, tmp_path):
