@@ -272,7 +272,6 @@ def test_spatialdata_round_trip_keeps_every_spot_and_result_key(tmp_path, one_th
     from spagraph.experiment.runner import run_experiment
     from spagraph.io.spatialdata import read_spatialdata, write_slice_spatialdata, write_spatialdata_predictions
     from spagraph.io.synthetic import make_synthetic_slice
-    from spagraph.train.saved import load_models, predict_slice
     cfg = validate_config({"name": "sd", "data": {"sources": [{"reader": "synthetic", "n_slices": 3, "n_spots": 150,
                                                                "seed": 11, "with_image": False}]},
                            "embed": {"image_encoder": None, "gene_encoder": "pca", "settings": {"n_pcs": 10}},
@@ -295,10 +294,15 @@ def test_spatialdata_round_trip_keeps_every_spot_and_result_key(tmp_path, one_th
     assert sb["images"]["hires"].shape == sa["images"]["hires"].shape
     for k in ("tissue_hires_scalef", "spot_diameter_fullres"):
         assert sb["scalefactors"][k] == pytest.approx(sa["scalefactors"][k]), k
-    predict_slice(load_models(model_dir), b, name="target", n_mc=2)
+    import anndata as ad
+    from typer.testing import CliRunner
+    from spagraph.cli import app
+    res = CliRunner().invoke(app, ["predict", str(model_dir), str(z), "--out", str(tmp_path / "p.h5ad"),
+                                   "--mc-passes", "2", "--no-plot", "--sdata-table", "spagraph"])
+    assert res.exit_code == 0, res.output
+    b = ad.read_h5ad(tmp_path / "p.h5ad")                    # what predict wrote into the slice
     keys = [c for c in b.obs.columns if c.startswith("spagraph_")]
     assert {"spagraph_score", "spagraph_pred", "spagraph_region", "spagraph_risk", "spagraph_uncertainty"} <= set(keys)
-    write_spatialdata_predictions(b, z)
     write_spatialdata_predictions(b, z)                       # overwrite in place, still one table
     s = sd.read_zarr(z)
     assert set(s.tables) == {"table", "spagraph"}
