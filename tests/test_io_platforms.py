@@ -357,5 +357,9 @@ def test_spatialdata_errors_are_clear(tmp_path):
         read_spatialdata(tmp_path / "s.zarr", table="nope")
     b = read_spatialdata(tmp_path / "s.zarr")
     assert not b.uns["spagraph_slice"]["has_image"] and b.n_obs == 60
+    from typer.testing import CliRunner
+    from spagraph.cli import app
+    res = CliRunner().invoke(app, ["info", str(tmp_path / "s.zarr")])
+    assert res.exit_code == 0 and "60 spots x 300 genes" in res.output and "image: none" in res.output, res.output
     with pytest.raises(ValueError, match="no prediction columns"):
         write_spatialdata_predictions(b, tmp_path / "s.zarr")
