@@ -100,9 +100,14 @@ def run(config: Path = typer.Argument(..., help="experiment YAML (see experiment
         out: Optional[Path] = typer.Option(None, "--out", help="output directory (default: the YAML's 'out', else runs/<name>)"),
         set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key: --set train.lr=3e-4 (repeatable)"),
         resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in OUT"),
+        recompute_changed: bool = typer.Option(False, "--recompute-changed",
+                                               help="with --resume: recompute the folds whose config or data changed instead of refusing"),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
         threads: int = typer.Option(0, "--threads", min=0,
-                                    help="torch CPU threads (0: torch's default); 1 is fastest on small shared machines")):
+                                    help="torch CPU threads (0: torch's default); 1 is fastest on small shared machines"),
+        executor: str = typer.Option("local", "--executor", help="local (this process) | ray (fold x seed tasks in parallel)"),
+        address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (auto, ray://host:10001); default: start a local Ray"),
+        workers: Optional[int] = typer.Option(None, "--workers", min=1, help="CPUs of the local Ray (default: all)")):
     """Run an experiment (all folds x seeds) and write predictions, metrics and maps."""
     import os
     _set_threads(threads)
@@ -118,14 +123,19 @@ def run(config: Path = typer.Argument(..., help="experiment YAML (see experiment
     from spagraph.experiment.runner import run_experiment
     from spagraph.experiment.progress import summary_table
     from spagraph.experiment.tracking import make_tracker
+    from spagraph.experiment.executor import TaskFailed, get_executor
+    if recompute_changed and not resume:
+        _fail("--recompute-changed needs --resume")
+    ex = get_executor(executor, address, workers)
     tracker = make_tracker(cfg.track, cfg.to_dict(), out_dir, name=cfg.name, job_type="run")
     try:
         metrics = run_experiment(cfg, out_dir, resume=resume, progress=progress, tracker=tracker,
-                                 base_dir=config.resolve().parent)
-    except (ValueError, FileNotFoundError) as e:
+                                 base_dir=config.resolve().parent, executor=ex, recompute_changed=recompute_changed)
+    except (ValueError, FileNotFoundError, TaskFailed) as e:
         _fail(str(e))
     finally:
         tracker.finish()
+        ex.shutdown()
     con = Console()
     con.print(summary_table(metrics))
     con.print(f"wall time {metrics['wall_time_s']:.1f} s")
@@ -143,8 +153,12 @@ def tune(config: Path = typer.Argument(..., help="experiment YAML with a 'search
          set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key before searching"),
          exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="slice held out of tuning entirely (nested evaluation)"),
          max_folds: Optional[int] = typer.Option(None, "--max-folds", help="use only the first N folds per trial"),
+         nested: bool = typer.Option(True, "--nested/--no-nested", help="LOSO: one study per outer test slice over the other slices only (default); --no-nested: one study over all folds"),
+         outer: Optional[List[str]] = typer.Option(None, "--outer", help="nested: tune only for these outer test slices"),
          progress: bool = typer.Option(True, "--progress/--no-progress")):
-    """Search hyper-parameters (TPE + median pruning on validation AUC); resumable; writes OUT/best.yaml."""
+    """Search hyper-parameters (TPE + median pruning on validation AUC); resumable; nested by default.
+
+    Writes OUT/best_<slice>.yaml per outer test slice (nested) or OUT/best.yaml (--no-nested)."""
     import os
     from spagraph.experiment.config import ConfigError
     from spagraph.experiment.tune import tune as run_tune
@@ -152,9 +166,14 @@ def tune(config: Path = typer.Argument(..., help="experiment YAML with a 'search
     out.mkdir(parents=True, exist_ok=True)
     try:
         summary = run_tune(config, trials, storage or f"sqlite:///{out.resolve()}/study.db", out, set_, exclude,
-                           max_folds=max_folds, progress=progress)
+                           max_folds=max_folds, progress=progress, nested=nested, outer=outer)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
+    if "outer" in summary:
+        for x, s in summary["outer"].items():
+            typer.echo(f"outer test slice {x}: best inner validation AUC {s['best_value']:.4f} "
+                       f"(trial {s['best_trial']}, {s['n_complete']} complete) -> {s['best_config']}")
+        return
     typer.echo(f"best mean validation AUC {summary['best_value']:.4f} (trial {summary['best_trial']}, "
                f"{summary['n_complete']} complete, {summary['n_pruned']} pruned)")
     typer.echo(f"best config: {out / 'best.yaml'}   plot: {out / 'study.png'}")
@@ -169,7 +188,10 @@ def predict(model_dir: Path = typer.Argument(..., help="saved model folder (RUN/
             mc_passes: int = typer.Option(20, "--mc-passes", help="MC-dropout passes per model for the uncertainty (0: off)"),
             boundary_pitches: float = typer.Option(1.0, "--boundary-pitches", help="boundary = spots within this many pitches of the other class"),
             k_hops: Optional[int] = typer.Option(None, "--k-hops", help="boundary by hops on the scale-1 graph instead of distance"),
-            max_spread: float = typer.Option(0.1, "--max-spread", help="high-risk needs uncertainty (std) <= this"),
+            max_spread: Optional[float] = typer.Option(None, "--max-spread", help="spots with uncertainty (std) above this are high-risk only when their probability itself reaches --risk-level"),
+            risk_level: float = typer.Option(0.25, "--risk-level", help="high-risk: predicted non-cancer with P(cancer), or P + 2 std, >= this"),
+            threshold_method: Optional[str] = typer.Option(None, "--threshold-method", help="override the saved rule: prior_adjusted, expected_f1, spatial, quantile_beta, quantile_empirical, mixture, val_f1, val_youden, fixed"),
+            threshold: Optional[float] = typer.Option(None, "--threshold", help="a fixed cut on the calibrated probability (overrides every rule)"),
             plot: bool = typer.Option(True, "--plot/--no-plot", help="also write OUT.png (score, regions, risk maps)"),
             sdata_table: Optional[str] = typer.Option(None, "--sdata-table", help="SLICE is a SpatialData .zarr: also write the predictions into it as this table (annotating the same shapes)")):
     """Predict a new slice with a saved model: score, prediction, regions, risk, uncertainty -> .h5ad + .csv."""
@@ -182,7 +204,8 @@ def predict(model_dir: Path = typer.Argument(..., help="saved model folder (RUN/
         adata = read_slice(slice_path, slice_name=slice)
         name = slice or adata.uns.get("spagraph_slice", {}).get("library_id") or slice_path.stem
         res = predict_slice(models, adata, name=str(name), n_mc=mc_passes, distance_pitches=boundary_pitches,
-                            k_hops=k_hops, max_spread=max_spread)
+                            k_hops=k_hops, max_spread=max_spread, risk_level=risk_level,
+                            threshold_method=threshold_method, threshold=threshold)
         h5, csv = write_prediction(adata, res["table"], out)
         if sdata_table:
             from spagraph.io.spatialdata import write_spatialdata_predictions
@@ -194,6 +217,11 @@ def predict(model_dir: Path = typer.Argument(..., help="saved model folder (RUN/
     typer.echo(f"{len(models)} model(s); threshold {res['threshold']:.4f} ({res['threshold_method']}); "
                f"{int(t['pred'].sum())}/{len(t)} spots predicted cancer; regions: "
                + ", ".join(f"{k} {v}" for k, v in t["region"].value_counts(sort=False).items()))
+    info = adata.uns["spagraph"]
+    prev = info.get("prevalence_estimate")
+    typer.echo((f"estimated cancer fraction {prev:.3f}; " if prev == prev else "") +
+               f"{len(info['tumour_regions']['region'])} tumour region(s); {int(t['high_risk'].sum())} high-risk spot(s)"
+               + (f"; FLAGS: {info['flags']}" if info.get("flags") else ""))
     typer.echo(f"written: {h5}  {csv}")
     if plot:
         from spagraph.viz.spatial import plot_slice_panels, slice_image
@@ -259,9 +287,10 @@ def embed(path: Path = typer.Argument(..., help="her2st root, Space Ranger outs/
           progress: bool = typer.Option(True, "--progress/--no-progress")):
     """Embed one slice (image + genes) and write it as .h5ad; the gene encoder is fitted on this slice itself."""
     import yaml
+    from spagraph.utils import load_yaml
     from spagraph.embed import embed_slices
     from spagraph.io import read_slice
-    from spagraph.utils import atomic_path
+    from spagraph.utils import write_h5ad
     if out.suffix != ".h5ad":
         _fail(f"--out must end in .h5ad, got {out}")
     settings = {}
@@ -269,7 +298,10 @@ def embed(path: Path = typer.Argument(..., help="her2st root, Space Ranger outs/
         key, eq, val = item.partition("=")
         if not eq or not key.strip():
             _fail(f"--set expects key=value, got {item!r}")
-        settings[key.strip()] = yaml.safe_load(val)
+        try:
+            settings[key.strip()] = load_yaml(val, f"--set {item}")
+        except (yaml.YAMLError, ValueError) as e:
+            _fail(f"--set {item!r}: value is not valid YAML: {e}")
     none = ("none", "null", "")
     img = None if image_encoder.lower() in none else image_encoder
     gene = None if gene_encoder.lower() in none else gene_encoder
@@ -277,8 +309,7 @@ def embed(path: Path = typer.Argument(..., help="her2st root, Space Ranger outs/
     name = slice or (adata.uns.get("spagraph_slice", {}) or {}).get("library_id") or path.stem
     rep = embed_slices({str(name): adata}, fit_on=[str(name)], image_encoder=img, gene_encoder=gene,
                        settings=settings, cache_dir=cache_dir, progress=progress)
-    with atomic_path(out) as tmp:
-        adata.write_h5ad(tmp)
+    write_h5ad(adata, out)
     typer.echo(f"{name}: {adata.n_obs} spots; genes {rep['genes_used']} used of {rep['genes_shared']}")
     if gene:
         typer.echo(f"gene_emb ({gene}): {rep['d_gene']} dims, fitted on this slice itself "

@@ -16,10 +16,17 @@ boundary
 tumour / healthy
     Classified spots that are not boundary: class 1 -> ``tumour``, class 0 -> ``healthy``.
 high_risk
-    (see :func:`risk_table`) a spot the reference calls non-cancer (pathologist label when
-    present, else the prediction) whose mean score over seeds / MC-dropout passes is at or
-    above the slice's threshold with a spread (std) at most ``max_spread``. It overrides the
+    (see :func:`risk_table`; label-free, so it works on slices without annotation) a spot the
+    model *calls non-cancer* whose calibrated cancer probability, or its upper uncertainty
+    bound ``probability + z * spread`` (spread = std over seeds / MC-dropout passes), reaches
+    ``risk_level`` (default 0.25, ``z`` 2). High-risk spots are ranked by their distance to the
+    nearest predicted tumour spot (closest first). A pathologist label, when present, is not used
+    to flag; it only evaluates (how many high-risk spots are labelled cancer). It overrides the
     spot's other region.
+tumour regions
+    (see :func:`tumour_regions`) connected components of the predicted-cancer spots on the
+    scale-1 spot graph (networkx); per region its size (spots), mean probability and boundary
+    length (graph edges from the region to spots outside it, about one pitch of contour each).
 
 Evaluation (:func:`boundary_scores`) derives the reference boundary the same way from the
 pathologist's labels and compares it with the predicted boundary on the spots that carry a
@@ -223,25 +230,31 @@ def nearest_distance(pos: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def risk_table(obj, scores, threshold: float, label=None, pred=None, spot_ids=None, slice_name: str = "",
-               max_spread: float = 0.1) -> pd.DataFrame:
-    """Per-spot risk of cancer in spots the reference calls non-cancer.
+               max_spread: float | None = None, risk_level: float = 0.25, z: float = 2.0,
+               spread=None) -> pd.DataFrame:
+    """Per-spot risk of cancer in spots the model calls non-cancer (label-free; module docstring).
 
     Parameters
     ----------
     obj : AnnData / PyG graph / positions (as :func:`assign_regions`).
-    scores : (n,) one score per spot, or (r, n) scores of r seeds / MC-dropout passes.
-    threshold : the slice's threshold for the mean score.
-    label : (n,) pathologist 0/1/NA. When given it is the reference; otherwise ``pred``
-        (default: mean score >= threshold) is.
-    max_spread : "low spread" = std over seeds / passes <= this.
+    scores : (n,) one calibrated probability per spot, or (r, n) of r seeds / MC-dropout passes.
+    threshold : the slice's cut for the mean score, used when ``pred`` is not given.
+    label : (n,) pathologist 0/1/NA, optional: reported (``label``), never used to flag.
+    pred : (n,) the calls (default: mean score >= threshold).
+    max_spread : when given, spots whose spread exceeds it are not flagged on their *upper bound*
+        alone (their mean must reach ``risk_level``).
+    risk_level, z : a predicted non-cancer spot is high-risk when ``score >= risk_level`` or
+        ``score + z * spread >= risk_level``.
+    spread : (n,) std to use instead of the std over the rows of ``scores`` (e.g. over MC-dropout
+        passes while ``scores`` is the eval-mode probability).
 
     Returns
     -------
-    DataFrame, one row per spot: ``slice, spot, score`` (mean), ``spread`` (std, 0 for one
-    run), ``risk`` (= max(score - spread, 0), a one-sigma lower bound of cancer-likeness; NaN
-    for reference-cancer / unknown spots), ``reference`` ("label" / "prediction"),
-    ``reference_class``, ``nearest_tumour_distance`` (pitches to the nearest reference cancer
-    spot; NaN when there is none), ``high_risk`` (bool).
+    DataFrame, one row per spot: ``slice, spot, score`` (mean), ``spread`` (std, 0 for one run),
+    ``risk`` (= min(score + z * spread, 1), the upper bound; NaN for predicted-cancer / unknown
+    spots), ``reference`` ("prediction"), ``reference_class`` (the call), ``label``,
+    ``nearest_tumour_distance`` (pitches to the nearest predicted cancer spot; NaN when none),
+    ``high_risk`` (bool), ``risk_rank`` (1 = the high-risk spot closest to a predicted tumour).
     """
     pos = positions_in_pitches(obj)
     n = len(pos)
@@ -250,20 +263,84 @@ def risk_table(obj, scores, threshold: float, label=None, pred=None, spot_ids=No
         s = s[None, :]
     if s.ndim != 2 or s.shape[1] != n:
         raise ValueError(f"scores must have shape ({n},) or (runs, {n}); got {np.shape(scores)}")
+    if not 0 < risk_level <= 1:
+        raise ValueError(f"risk_level must be in (0, 1], got {risk_level}")
     mean = s.mean(0)
-    spread = s.std(0) if s.shape[0] > 1 else np.zeros(n)
-    if label is not None:
-        ref, source = _as_class(label, n, "label"), "label"
+    if spread is not None:
+        spread = np.asarray(spread, dtype=float)
+        if spread.shape != (n,):
+            raise ValueError(f"spread has shape {spread.shape}, expected ({n},)")
     else:
-        ref = _as_class(pred, n, "pred") if pred is not None else (mean >= threshold).astype(float)
-        source = "prediction"
+        spread = s.std(0) if s.shape[0] > 1 else np.zeros(n)
+    ref = _as_class(pred, n, "pred") if pred is not None else (mean >= threshold).astype(float)
+    lab = _as_class(label, n, "label") if label is not None else np.full(n, np.nan)
     non_cancer = ref == 0
-    risk = np.where(non_cancer, np.maximum(mean - spread, 0.0), np.nan)
-    high = non_cancer & (mean >= threshold) & (spread <= max_spread)
+    upper = np.minimum(mean + z * spread, 1.0)
+    risk = np.where(non_cancer, upper, np.nan)
+    by_upper = upper >= risk_level
+    if max_spread is not None:
+        by_upper &= spread <= max_spread
+    high = non_cancer & ((mean >= risk_level) | by_upper)
+    dist = nearest_distance(pos, ref == 1)
+    rank = np.full(n, np.nan)
+    idx = np.flatnonzero(high)
+    if len(idx):
+        order = idx[np.lexsort((-mean[idx], np.nan_to_num(dist[idx], nan=np.inf)))]
+        rank[order] = np.arange(1, len(order) + 1)
     ids = list(spot_ids) if spot_ids is not None else (
         list(map(str, obj.obs_names)) if hasattr(obj, "obs_names") else
         list(getattr(obj, "spot_ids", None) or range(n)))
     return pd.DataFrame({
         "slice": slice_name, "spot": ids, "score": mean, "spread": spread, "risk": risk,
-        "reference": source, "reference_class": pd.array(np.where(np.isnan(ref), np.nan, ref), dtype="Float32").astype("Int8"),
-        "nearest_tumour_distance": nearest_distance(pos, ref == 1), "high_risk": high})
+        "reference": "prediction",
+        "reference_class": pd.array(np.where(np.isnan(ref), np.nan, ref), dtype="Float32").astype("Int8"),
+        "label": pd.array(lab, dtype="Float32").astype("Int8"),
+        "nearest_tumour_distance": dist, "high_risk": high,
+        "risk_rank": pd.array(rank, dtype="Float64").astype("Int64")})
+
+
+# ------------------------------------------------------------------ tumour regions
+
+
+def tumour_regions(obj, pred, prob=None) -> tuple[np.ndarray, pd.DataFrame]:
+    """Connected components of predicted-cancer spots on the scale-1 spot graph.
+
+    Parameters
+    ----------
+    obj : AnnData / PyG graph (its ``edge_index_0`` is used) / (n, 2) positions.
+    pred : (n,) 0/1/NaN calls. prob : (n,) probabilities for the per-region mean (optional).
+
+    Returns
+    -------
+    ``(region_id, table)``: (n,) int, 0 for spots outside every tumour region, 1.. by decreasing
+    size (ties: the region holding the lowest spot index first); ``table`` one row per region:
+    ``region, size, mean_probability, boundary_length`` (edges leaving the region),
+    ``boundary_spots`` (region spots with a neighbour outside it).
+    """
+    import networkx as nx
+    pos = positions_in_pitches(obj)
+    n = len(pos)
+    c = _as_class(pred, n, "pred")
+    p = np.full(n, np.nan) if prob is None else np.asarray(prob, dtype=float)
+    if p.shape != (n,):
+        raise ValueError(f"prob has shape {p.shape}, expected ({n},)")
+    adj = _scale1_adjacency(obj, pos).tocoo()
+    tum = c == 1
+    g = nx.Graph()
+    g.add_nodes_from(np.flatnonzero(tum).tolist())
+    keep = tum[adj.row] & tum[adj.col] & (adj.row != adj.col)
+    g.add_edges_from(zip(adj.row[keep].tolist(), adj.col[keep].tolist()))
+    comps = sorted((sorted(cc) for cc in nx.connected_components(g)), key=lambda cc: (-len(cc), cc[0]))
+    rid = np.zeros(n, dtype=int)
+    for k, cc in enumerate(comps, start=1):
+        rid[cc] = k
+    rows = []
+    src, dst = adj.row, adj.col
+    for k, cc in enumerate(comps, start=1):
+        inside = rid == k
+        leaving = inside[src] & ~inside[dst]
+        rows.append({"region": k, "size": len(cc),
+                     "mean_probability": float(np.nanmean(p[cc])) if np.isfinite(p[cc]).any() else None,
+                     "boundary_length": int(leaving.sum()), "boundary_spots": int(len(np.unique(src[leaving])))})
+    table = pd.DataFrame(rows, columns=["region", "size", "mean_probability", "boundary_length", "boundary_spots"])
+    return rid, table

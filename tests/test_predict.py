@@ -70,7 +70,7 @@ def saved(tmp_path_factory, request):
     graphs = {}
     for n, a in slices.items():
         a.obsm["gene_emb"] = enc.transform(a)
-        graphs[n] = build_slice_graph(a, GraphSettings([1.0, 2.0], 4, feature_knn=knn), name=n)
+        graphs[n] = build_slice_graph(a, GraphSettings(scales=[1.0, 2.0], n_dir_bins=4, feature_knn=knn), name=n)
     res = fit([graphs["A"]], [graphs["B"]], model_settings(cfg), train_settings(cfg), seed=0)
     d = tmp_path_factory.mktemp("models") / "C_s0"
     save_model(res.model, cfg, graphs, fold, d, gene_encoder=enc, seed=0)
@@ -108,10 +108,17 @@ def test_predict_write_back_keys_and_dtypes(saved, tmp_path):
     u = b.uns["spagraph"]
     m = load_model(d)
     assert u["config_hash"] == m.config_hash
-    if m.meta["threshold_method"] == "val_youden":     # the saved validation Youden threshold, as is
-        assert u["threshold_method"] == "val_youden" and float(u["threshold"]) == pytest.approx(m.meta["youden_threshold"])
+    if m.meta["threshold_method"] == "val_youden":     # the saved validation Youden cut (calibrated scale), as is
+        assert u["threshold_method"] in ("val_youden", "fallback:mixture", "fallback:prior_adjusted")
+        if u["threshold_method"] == "val_youden":
+            assert float(u["threshold"]) == pytest.approx(m.meta["decide"]["val_youden"])
     else:
-        assert u["threshold_method"].startswith("quantile")
+        assert u["threshold_method"].startswith(("quantile", "fallback:"))
+    # the two spreads, named apart: one member -> no seed spread; MC passes -> a dropout spread
+    assert (b.obs["spagraph_seed_std"] == 0).all() and b.obs["spagraph_mc_std"].dtype == np.float64
+    np.testing.assert_allclose(b.obs["spagraph_uncertainty"], np.hypot(b.obs["spagraph_seed_std"], b.obs["spagraph_mc_std"]))
+    assert "spagraph_tumour_region" in b.obs and "size" in u["tumour_regions"]
+    assert (b.obs["spagraph_tumour_region"] > 0).sum() == int(b.obs["spagraph_pred"].sum())
     assert 0 <= float(u["threshold"]) <= 1
     np.testing.assert_array_equal(b.obs["spagraph_pred"].to_numpy(), (b.obs["spagraph_score"] >= u["threshold"]).astype(int))
     t = pd.read_csv(csv)
@@ -128,18 +135,30 @@ def test_load_errors(tmp_path, saved):
         write_prediction(toy_slice(0), pd.DataFrame(), tmp_path / "x.csv")
 
 
-def test_saved_threshold_rules_follow_the_configured_method(saved):
-    """Each configured rule gives its own threshold at predict time (mixture used to fall
-    through to quantile matching)."""
-    from spagraph.train.saved import _threshold
-    from spagraph.train.thresholds import mixture_threshold
+def test_saved_decision_state_and_overrides(saved):
+    """The calibration saved with the model was fitted on the fold's validation slice only; the saved
+    rule applies at predict time unless --threshold-method / --threshold override it."""
+    from spagraph.decide.core import decide_rules
+    from spagraph.train.saved import decision_state, saved_rule
     m = load_model(saved[0])
-    rng = np.random.default_rng(0)
-    target = np.r_[rng.beta(8, 2, 300), rng.beta(2, 8, 100)]          # a bimodal target slice
-    m.meta["threshold_method"] = "mixture"
-    assert _threshold(m, target) == mixture_threshold(target, m.val_threshold)
-    assert _threshold(m, target)[1] == "mixture"
-    m.meta["threshold_method"] = "val_f1"
-    assert _threshold(m, target) == (m.val_threshold, "val_f1")
-    m.meta["threshold_method"] = "val_youden"
-    assert _threshold(m, target) == (pytest.approx(m.meta["youden_threshold"]), "val_youden")
+    dec = m.meta["decide"]
+    assert dec["calibration"]["fitted_on"] == ["B"] and dec["rule"] == m.meta["threshold_method"]
+    st = decision_state(m)
+    grid = np.linspace(0.01, 0.99, 99)
+    assert np.all(np.diff(st.calibration(grid)) >= 0)
+    assert saved_rule(m) == m.meta["threshold_method"]
+    assert saved_rule(m, "mixture") == "mixture" and saved_rule(m, "mixture", 0.3) == "fixed"
+    with pytest.raises(ValueError, match="threshold method must be one of"):
+        saved_rule(m, "bogus")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        saved_rule(m, None, 1.5)
+    a = toy_slice(12)
+    res = predict_slice([m], a, name="x", n_mc=0, threshold=0.3)
+    assert res["threshold"] == pytest.approx(0.3) and res["threshold_method"] == "fixed"
+    np.testing.assert_array_equal(res["table"]["pred"], (res["table"]["score"] >= 0.3).astype(int))
+    res_m = predict_slice([m], toy_slice(12), name="x", n_mc=0, threshold_method="mixture")
+    g = saved[2]["C"]
+    from spagraph.train.fit import predict_scores
+    from spagraph.experiment.runner import train_settings as _ts
+    direct = decide_rules(predict_scores(m.model, g, _ts(m.cfg)), st, ["mixture"]).rules["mixture"]
+    assert res_m["threshold_method"] in ("mixture", direct.used)

@@ -86,22 +86,70 @@ def test_boundary_scores_known_shifts():
     assert not np.isnan(p).any()                     # inputs are not modified
 
 
-def test_risk_table_flags_confident_cancer_like_non_cancer_spots():
+def test_high_risk_on_an_unannotated_slice_with_a_risky_area():
+    """No labels at all: the calls are the reference. Left half called tumour; on the right, a
+    constructed risky patch (P = 0.35, below the cut 0.5 but above the risk level 0.25) and an
+    uncertain spot (P = 0.15 whose upper bound 0.15 + 2 * 0.08 passes) are high-risk; the rest
+    (P = 0.05, no spread) is not. Ranked by distance to the nearest predicted tumour."""
     pos, x, y = grid()
-    lab = (x < 5).astype(float)
-    runs = np.tile(np.where(x < 5, 0.9, 0.1), (5, 1))
-    hot = (x == 8) & (y == 8)
-    noisy = (x == 8) & (y == 2)
-    runs[:, hot] = 0.8                               # cancer-like, certain
-    runs[:, noisy] = np.array([0.1, 0.95, 0.2, 0.99, 0.9])[:, None]   # mean 0.628, but uncertain
-    t = risk_table(pos, runs, threshold=0.5, label=lab, spot_ids=[f"s{i}" for i in range(100)], slice_name="G")
+    prob = np.where(x < 4, 0.9, 0.05)
+    patch = (x >= 5) & (x <= 6) & (y >= 4) & (y <= 5)
+    far = (x == 9) & (y == 9)
+    prob[patch] = 0.35
+    prob[far] = 0.15
+    spread = np.zeros(100)
+    spread[far] = 0.08
+    t = risk_table(pos, prob, threshold=0.5, spread=spread, risk_level=0.25, slice_name="new")
     assert list(t.columns[:4]) == ["slice", "spot", "score", "spread"]
-    assert t["high_risk"].sum() == 1 and t.loc[hot, "high_risk"].all()
-    assert not t.loc[noisy, "high_risk"].any()
-    assert t.loc[hot, "nearest_tumour_distance"].iloc[0] == pytest.approx(4.0)   # x=8 -> x=4
-    assert t.loc[lab == 1, "risk"].isna().all() and t.loc[hot, "risk"].iloc[0] == pytest.approx(0.8)
-    # no labels: the prediction is the reference, so nothing can be high-risk at the same threshold
-    t2 = risk_table(pos, runs, threshold=0.5)
-    assert t2["reference"].iloc[0] == "prediction" and not t2["high_risk"].any()
+    assert (t["reference"] == "prediction").all()
+    hr = t["high_risk"].to_numpy()
+    assert hr.sum() == 5 and hr[patch].all() and hr[far]
+    assert not hr[(prob == 0.05)].any() and not hr[x < 4].any()
+    # ranked by distance to the nearest predicted tumour (x = 3): the patch's x = 5 spots first
+    ranks = t["risk_rank"].to_numpy(dtype=float, na_value=np.nan)
+    assert set(ranks[patch & (x == 5)]) == {1, 2} and set(ranks[patch & (x == 6)]) == {3, 4} and ranks[far] == 5
+    assert t.loc[far, "nearest_tumour_distance"].iloc[0] == pytest.approx(6.0)
+    assert t.loc[x < 4, "risk"].isna().all() and t.loc[far, "risk"].iloc[0] == pytest.approx(0.31)
+    # the same slice with the spread ignored beyond max_spread: the uncertain spot drops out
+    t2 = risk_table(pos, prob, threshold=0.5, spread=spread, risk_level=0.25, max_spread=0.05)
+    assert t2["high_risk"].sum() == 4
+    # a higher risk level: nothing
+    assert not risk_table(pos, prob, threshold=0.5, risk_level=0.5)["high_risk"].any()
+    # labels, when given, are reported but never flag: the result is the same
+    lab = (x < 4).astype(float)
+    t3 = risk_table(pos, prob, threshold=0.5, spread=spread, risk_level=0.25, label=lab)
+    assert np.array_equal(t3["high_risk"].to_numpy(), hr)
     with pytest.raises(ValueError, match="scores must have shape"):
         risk_table(pos, np.zeros((2, 7)), 0.5)
+
+
+def test_tumour_regions_match_a_hand_made_grid():
+    """Three tumour blobs on a 10 x 10 grid (4-neighbour graph): sizes, ids by size, mean
+    probability and boundary length (edges leaving the region) counted by hand."""
+    from spagraph.regions import tumour_regions
+    pos, x, y = grid()
+    pred = np.zeros(100)
+    a = (x <= 2) & (y <= 2)                 # 3 x 3 square: 9 spots
+    b = (x == 7) & (y >= 3) & (y <= 7)      # vertical bar: 5 spots
+    c = (x == 9) & (y == 0)                 # corner spot: 1 spot
+    d = (x == 4) & (y == 9)                 # single spot on the top edge
+    pred[a | b | c | d] = 1
+    prob = np.where(pred == 1, 0.8, 0.1)
+    prob[b] = 0.6
+    rid, tab = tumour_regions(pos, pred, prob)
+    assert list(tab["size"]) == [9, 5, 1, 1]
+    assert (rid[a] == 1).all() and (rid[b] == 2).all() and (rid[pred == 0] == 0).all()
+    assert rid[c][0] != rid[d][0] and {rid[c][0], rid[d][0]} == {3, 4}
+    assert tab.loc[0, "mean_probability"] == pytest.approx(0.8) and tab.loc[1, "mean_probability"] == pytest.approx(0.6)
+    # square at the corner: 3 edges out on the right + 3 on top; bar: 5 * 2 sides + 2 ends
+    assert list(tab["boundary_length"][:2]) == [6, 12]
+    assert list(tab["boundary_spots"][:2]) == [5, 5]
+    # corner spot: 2 neighbours; top-edge spot: 3
+    assert sorted(tab["boundary_length"][2:]) == [2, 3]
+    # joining the two single spots into the bar's column changes the components
+    pred2 = pred.copy()
+    pred2[(x == 7) & (y == 8)] = 1
+    _, tab2 = tumour_regions(pos, pred2, prob)
+    assert list(tab2["size"]) == [9, 6, 1, 1]
+    none_id, none_tab = tumour_regions(pos, np.zeros(100))
+    assert (none_id == 0).all() and none_tab.empty

@@ -37,9 +37,11 @@ def run(tmp_path):
         lab = a.obs["cancer"].astype("Float32").to_numpy(dtype=float, na_value=np.nan)
         x = a.obsm["spatial"][:, 0]
         for seed in (0, 1):
-            s = np.clip(np.where(x < 20 + 50 * 5, 0.8, 0.2) + rng.normal(0, 0.05, len(x)), 0, 1)
+            s = np.clip(np.where(x < 20 + 50 * 5, 0.8, 0.1) + rng.normal(0, 0.01, len(x)), 0, 1)
             if name == "S2":
                 s[x >= 20 + 50 * 9] = 0.9                 # a confident cancer-like strip of labelled non-cancer
+            if name == "S3":
+                s[np.isclose(x, 20 + 50 * 8)] = 0.35      # a risky strip called non-cancer (0.35 < 0.5)
             thr = 0.5
             preds.append(pd.DataFrame({"slice": name, "spot": a.obs_names, "seed": seed, "score": s,
                                        "pred": (s >= thr).astype(int), "label": a.obs["cancer"].to_numpy()}))
@@ -80,9 +82,12 @@ def test_report_files_and_every_slice_image(run):
     assert set(reg["region"].dropna()) <= {"tumour", "boundary", "healthy", "high_risk"}
     hr = pd.read_csv(d / "high_risk.csv", dtype={"spot": str})
     assert list(hr.columns[:5]) == ["slice", "spot", "score", "spread", "nearest_tumour_distance"]
-    # the planted strip: labelled non-cancer, scored 0.9 by both seeds, 4+ pitches from the tumour
-    assert set(hr["slice"]) == {"S2"} and (hr["nearest_tumour_distance"] >= 4 - 1e-9).all()
-    assert (hr["spread"] == 0).all() and len(hr) >= 8
+    # the planted risky strip of S3: called non-cancer, P = 0.35 >= risk level 0.25, 4 pitches from the tumour
+    assert set(hr["slice"]) == {"S3"} and np.allclose(hr["nearest_tumour_distance"], 4.0)
+    assert (hr["spread"] == 0).all() and len(hr) >= 5 and (hr["score"] == 0.35).all()
+    assert "Calibration, prevalence and decisions" in page and "Tumour regions" in page
+    tr = pd.read_csv(d / "tumour_regions.csv")
+    assert set(tr["slice"]) == {"S1", "S2", "S3"} and (tr["size"] > 0).all()
 
 
 def test_boundary_numbers_match_the_planted_interface(run):

@@ -43,7 +43,7 @@ def test_outputs_contract(tmp_path):
     out = tmp_path / "run"
     m = run_experiment(tiny_cfg(tmp_path), out, progress=False)
     pred = pd.read_csv(out / "predictions.csv", dtype={"spot": str})
-    assert list(pred.columns) == ["slice", "spot", "seed", "score", "pred", "label"]
+    assert list(pred.columns) == ["slice", "spot", "seed", "score", "pred", "label", "raw_score"]
     assert pred["score"].between(0, 1).all() and set(pred["pred"]) <= {0, 1}
     assert set(pred["slice"]) == {r["slice"] for r in m["per_slice"]} and len(m["per_slice"]) == 3
     saved = json.loads((out / "metrics.json").read_text())

@@ -44,6 +44,17 @@ class RunProgress:
             self._p.update(self._runs, advance=1, info=name)
 
 
+def _flags(df) -> str:
+    """Guard flags of a slice's rows: DEGENERATE -> fallback, or the number of noted extremes."""
+    if "flags" not in df:
+        return ""
+    deg = [str(r.get("threshold_method")) for _, r in df.iterrows() if "degenerate" in (r.get("flags") or [])]
+    if deg:
+        return f"DEGENERATE x{len(deg)} -> {','.join(sorted(set(deg)))}"
+    n = sum(1 for f in df["flags"] if f)
+    return f"{n} noted" if n else ""
+
+
 def summary_table(metrics: dict):
     """A rich Table: per-slice AUC / AP / F1 (mean over seeds) and the overall mean ± std."""
     from rich.table import Table
@@ -51,18 +62,24 @@ def summary_table(metrics: dict):
     rows = pd.DataFrame(metrics["per_slice"])
     t = Table(title=f"{metrics.get('experiment', '')} — protocol {metrics['protocol']}, "
                     f"undetermined {metrics['undetermined']}, threshold {metrics.get('threshold_method')}")
-    for c in ("slice", "seeds", "n", "AUC", "AP", "F1", "F1@val", "F1@q", "F1@mix", "F1@J", "F1@.5"):
+    for c in ("slice", "seeds", "n", "AUC", "AP", "F1", "F1@val", "F1@q", "F1@mix", "F1@J", "F1@.5", "rule",
+              "prev.", "true", "ECE", "flags"):
         t.add_column(c, justify="right" if c != "slice" else "left")
     t.caption = ("F1 at the primary threshold, then at: val = validation F1-optimal, q = quantile-matched, "
-                 "mix = mixture on the slice's own scores, J = validation Youden, .5 = fixed 0.5")
+                 "mix = mixture on the slice's own scores, J = validation Youden, .5 = fixed 0.5 (calibrated); "
+                 "prev. = label-free estimated cancer fraction, true = labelled fraction, ECE = calibration error, "
+                 "flags = guard (DEGENERATE: calls replaced by the named fallback)")
     fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
     for s, df in rows.groupby("slice", sort=False):
         m = lambda k: df[k].astype(float).mean() if k in df and df[k].notna().any() else None
         t.add_row(str(s), str(len(df)), str(int(df["n"].iloc[0])), fmt(m("auc")), fmt(m("ap")), fmt(m("f1")),
                   fmt(m("f1_val_threshold")), fmt(m("f1_quantile")), fmt(m("f1_mixture")),
-                  fmt(m("f1_val_youden")), fmt(m("f1_fixed_0.5")))
+                  fmt(m("f1_val_youden")), fmt(m("f1_fixed_0.5")),
+                  ",".join(sorted(set(map(str, df["rule"])))) if "rule" in df else "",
+                  fmt(m("prevalence_estimate")), fmt(m("true_fraction")), fmt(m("ece")), _flags(df))
     mean, std = metrics["mean"], metrics["std"]
     pm = lambda k: "n/a" if mean.get(k) is None else f"{mean[k]:.3f} ± {std[k]:.3f}"
     t.add_row("mean ± std", "", "", pm("auc"), pm("ap"), pm("f1"), pm("f1_val_threshold"), pm("f1_quantile"),
-              pm("f1_mixture"), pm("f1_val_youden"), pm("f1_fixed_0.5"), style="bold")
+              pm("f1_mixture"), pm("f1_val_youden"), pm("f1_fixed_0.5"), "",
+              "MAE " + fmt((metrics.get("decisions") or {}).get("prevalence_mae")), "", pm("ece"), "", style="bold")
     return t

@@ -114,9 +114,10 @@ def find_card(name_or_path: str | Path) -> Path:
 def load_card(name_or_path: str | Path) -> DatasetCard:
     """Read and validate a dataset card; errors name the card file and the bad field."""
     import yaml
+    from spagraph.utils import load_yaml
     path = find_card(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"), path)     # duplicate keys refused
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spagraph.regions import RegionSettings, assign_regions, boundary_scores, risk_table
+from spagraph.regions import RegionSettings, assign_regions, boundary_scores, risk_table, tumour_regions
 
 
 @dataclass
@@ -42,6 +42,7 @@ class SliceAnalysis:
     risk: pd.DataFrame
     boundary_seeds: list[dict] = field(default_factory=list)
     boundary_ensemble: dict = field(default_factory=dict)
+    tumour_regions: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @dataclass
@@ -66,10 +67,15 @@ class RunAnalysis:
         return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
     def high_risk_table(self) -> pd.DataFrame:
-        cols = ["slice", "spot", "score", "spread", "nearest_tumour_distance", "risk", "reference"]
+        cols = ["slice", "spot", "score", "spread", "nearest_tumour_distance", "risk_rank", "risk", "label"]
         parts = [s.risk.loc[s.risk["high_risk"], cols] for s in self.slices.values()]
         parts = [p for p in parts if len(p)]
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+
+    def tumour_region_table(self) -> pd.DataFrame:
+        parts = [s.tumour_regions.assign(slice=s.name) for s in self.slices.values() if len(s.tumour_regions)]
+        cols = ["slice", "region", "size", "mean_probability", "boundary_length", "boundary_spots"]
+        return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
 
     def boundary_table(self) -> pd.DataFrame:
         rows = []
@@ -87,14 +93,20 @@ class RunAnalysis:
 
 
 def _read_run(run_dir: Path) -> tuple[str, dict, dict, pd.DataFrame]:
-    import yaml
     missing = [f for f in ("predictions.csv", "metrics.json", "config.yaml") if not (run_dir / f).exists()]
     if missing:
         raise FileNotFoundError(f"{run_dir} is not a finished run directory: missing {', '.join(missing)}")
+    from spagraph.utils import load_yaml, read_json
     text = (run_dir / "config.yaml").read_text()
-    cfg = yaml.safe_load(text) or {}
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    pred = pd.read_csv(run_dir / "predictions.csv", dtype={"slice": str, "spot": str})
+    try:
+        cfg = load_yaml(text, run_dir / "config.yaml") or {}
+    except Exception as e:  # noqa: BLE001 - yaml.YAMLError or a duplicate key
+        raise ValueError(f"{run_dir / 'config.yaml'}: not a readable run config: {e}") from None
+    metrics = read_json(run_dir / "metrics.json", "run metrics")
+    try:
+        pred = pd.read_csv(run_dir / "predictions.csv", dtype={"slice": str, "spot": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{run_dir / 'predictions.csv'}: not a readable predictions table (corrupt or truncated?): {e}") from None
     need = {"slice", "spot", "seed", "score", "pred", "label"}
     if not need <= set(pred.columns):
         raise ValueError(f"{run_dir / 'predictions.csv'}: expected columns {sorted(need)}, got {list(pred.columns)}")
@@ -149,6 +161,7 @@ def analyse_slice(name: str, adata, df: pd.DataFrame, threshold: float, settings
                       pred=pred, spot_ids=list(wide.index), slice_name=name, max_spread=settings.max_spread)
     regions = assign_regions(pos, pred=pred, distance_pitches=settings.distance_pitches, k_hops=settings.k_hops,
                              high_risk=risk["high_risk"].to_numpy())
+    _, tumours = tumour_regions(pos, pred, score)
     kw = dict(distance_pitches=settings.distance_pitches, k_hops=settings.k_hops)
     bseeds, bens = [], {}
     if (~np.isnan(label)).any():
@@ -159,7 +172,8 @@ def analyse_slice(name: str, adata, df: pd.DataFrame, threshold: float, settings
     img, scale = slice_image(adata)
     return SliceAnalysis(name=name, spots=list(wide.index), pos=pos, image=img, image_scale=scale, label=label,
                          runs=runs, seeds=seeds, score=score, spread=risk["spread"].to_numpy(), threshold=threshold,
-                         pred=pred, regions=regions, risk=risk, boundary_seeds=bseeds, boundary_ensemble=bens)
+                         pred=pred, regions=regions, risk=risk, boundary_seeds=bseeds, boundary_ensemble=bens,
+                         tumour_regions=tumours)
 
 
 def analyse_run(run_dir: str | Path, slices: dict | None = None, base_dir: Path | None = None,

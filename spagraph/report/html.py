@@ -136,6 +136,64 @@ def _metrics_section(ra: RunAnalysis) -> str:
             "the pathologist's labels, on labelled spots; the bottom row is mean &plusmn; std over slices.</p>")
 
 
+def _decisions_section(ra: RunAnalysis) -> str:
+    """Calibration, prevalence estimate, rule, guard flags per slice; every rule side by side."""
+    rows = pd.DataFrame(ra.metrics.get("per_slice", []))
+    if rows.empty or "prevalence_em" not in rows:
+        return "<p>This run predates calibrated decisions (no prevalence estimates in metrics.json).</p>"
+    out = []
+    body = []
+    for s, df in rows.groupby("slice", sort=False):
+        num = lambda k: pd.to_numeric(df[k], errors="coerce").mean() if k in df else None
+        flags = sorted({f for fl in df.get("flags", []) for f in (fl or [])})
+        deg = [f"seed {r['seed']}: {r.get('threshold_method')}" for _, r in df.iterrows() if "degenerate" in (r.get("flags") or [])]
+        body.append([html.escape(str(s)), html.escape(", ".join(sorted(set(map(str, df["rule"]))))),
+                     _fmt(num("threshold")), _fmt(num("ece")), _fmt(num("prevalence_estimate")),
+                     _fmt(num("prevalence_em")), _fmt(num("prevalence_mixture")), _fmt(num("true_fraction")),
+                     _fmt(num("predicted_fraction")),
+                     ("<b>DEGENERATE</b> &rarr; " + html.escape("; ".join(deg)) + "<br>" if deg else "") +
+                     html.escape("; ".join(f for f in flags if f != "degenerate")) if flags else "none"])
+    out.append(_table(["slice", "rule", "threshold (calibrated)", "ECE", "estimated cancer fraction",
+                       "EM", "mixture", "true fraction", "predicted fraction", "guard flags"], body))
+    d = ra.metrics.get("decisions") or {}
+    out.append(f'<p class="note">Scores are calibrated probabilities (Platt scaling fitted on each fold\'s validation '
+               f"slices only). Estimated cancer fraction: label-free, from the slice's own scores; mean absolute error "
+               f"over slices {_fmt(d.get('prevalence_mae'))} (EM {_fmt(d.get('prevalence_mae_em'))}, mixture "
+               f"{_fmt(d.get('prevalence_mae_mixture'))}). A call is <b>degenerate</b> when the scores are clearly "
+               "bimodal but under 2 % or over 98 % of spots are called cancer (or the cut lies outside the slice's "
+               "1st-99th score percentiles); the named fallback then makes the calls.</p>")
+    rules = d.get("rules") or {}
+    if rules:
+        out.append("<h3>Every rule side by side</h3>" + _table(
+            ["rule", "F1", "sensitivity", "specificity", "|predicted − true fraction|", "worst sensitivity",
+             "worst specificity"],
+            [[html.escape(r), _fmt(v["f1"]), _fmt(v["sensitivity"]), _fmt(v["specificity"]), _fmt(v["prevalence_error"]),
+              _fmt(v["min_sensitivity"]), _fmt(v["min_specificity"])] for r, v in rules.items()]) +
+            '<p class="note">Means over slices of per-slice means over seeds; worst = the lowest slice.</p>')
+    why = {}
+    for _, r in rows.iterrows():
+        rc = r.get("rule_choice") or {}
+        if isinstance(rc, dict) and rc.get("why"):
+            why.setdefault(str(r["slice"]), rc["why"])
+    if why:
+        out.append("<h3>Why this rule</h3>" + _table(["test slice (its fold)", "choice"],
+                                                        [[html.escape(k), html.escape(v)] for k, v in why.items()]))
+    return "".join(out)
+
+
+def _regions_section(ra: RunAnalysis) -> str:
+    t = ra.tumour_region_table()
+    if t.empty:
+        return "<p>No predicted tumour region.</p>"
+    rows = [[html.escape(str(r["slice"])), _fmt(int(r["region"])), _fmt(int(r["size"])), _fmt(r["mean_probability"]),
+             _fmt(int(r["boundary_length"])), _fmt(int(r["boundary_spots"]))]
+            for _, r in t.sort_values(["slice", "region"]).groupby("slice", sort=False).head(8).iterrows()]
+    return ("<p>Tumour regions: connected components of the ensemble's cancer calls on the scale-1 spot graph "
+            "(largest first; up to 8 per slice here, all in tumour_regions.csv). Boundary length = graph edges "
+            "leaving the region (about one pitch of contour each).</p>" +
+            _table(["slice", "region", "spots", "mean probability", "boundary length", "boundary spots"], rows, left=2))
+
+
 def _boundary_section(ra: RunAnalysis) -> str:
     s = ra.settings
     how = (f"within {s.k_hops} hop(s) on the scale-1 spot graph" if s.k_hops is not None
@@ -147,8 +205,9 @@ def _boundary_section(ra: RunAnalysis) -> str:
             for _, r in bt.iterrows()]
     return (f"<p>A spot is <b>boundary</b> when a spot of the other class lies {how} of it (both sides of an "
             "interface; undetermined spots belong to no class). Other spots are <b>tumour</b> (predicted cancer) "
-            "or <b>healthy</b>. <b>High-risk</b>: a spot the pathologist called non-cancer whose seed-mean score "
-            f"is &ge; the slice's threshold with spread (std over seeds) &le; {s.max_spread:g}. "
+            "or <b>healthy</b>. <b>High-risk</b> (label-free): a spot the ensemble calls non-cancer whose calibrated "
+            "probability, or its upper bound probability + 2 &times; spread (std over seeds), reaches the risk level "
+            f"0.25 (a spread above {s.max_spread:g} alone does not flag). "
             "<b>Dice</b> = exact overlap of predicted and reference boundary spots; <b>F1 (&plusmn;1 pitch)</b> "
             "counts a boundary spot as matched when the other boundary has a spot within one pitch.</p>" +
             _table(["slice", "labelled spots", "reference boundary spots", "Dice (seeds)", "Dice (ensemble)",
@@ -171,13 +230,15 @@ def _threshold_section(ra: RunAnalysis) -> str:
 def _risk_section(ra: RunAnalysis) -> str:
     hr = ra.high_risk_table()
     counts = [[html.escape(s.name), _fmt(int(s.risk["high_risk"].sum())),
-               _fmt(int((s.risk["reference_class"] == 0).sum())), html.escape(str(s.risk["reference"].iloc[0]))]
+               _fmt(int((s.risk["reference_class"] == 0).sum())),
+               _fmt(int((s.risk["high_risk"] & (s.risk["label"] == 1).fillna(False)).sum()))
+               if s.risk["label"].notna().any() else "&mdash;"]
               for s in ra.slices.values()]
-    top = hr.sort_values("score", ascending=False).head(25)
+    top = hr.sort_values(["nearest_tumour_distance", "score"], ascending=[True, False]).head(25)
     rows = [[html.escape(str(r["slice"])), html.escape(str(r["spot"])), _fmt(r["score"]), _fmt(r["spread"]),
              _fmt(r["nearest_tumour_distance"], 2)] for _, r in top.iterrows()]
-    return (_table(["slice", "high-risk spots", "reference non-cancer spots", "reference"], counts) +
-            (f"<h3>Top {len(rows)} of {len(hr)} high-risk spots (full list: high_risk.csv)</h3>" +
+    return (_table(["slice", "high-risk spots", "spots called non-cancer", "high-risk spots labelled cancer"], counts) +
+            (f"<h3>The {len(rows)} of {len(hr)} high-risk spots closest to a predicted tumour (full list: high_risk.csv)</h3>" +
              _table(["slice", "spot", "mean score", "spread", "nearest tumour (pitches)"], rows, left=2)
              if len(rows) else "<p>No high-risk spot.</p>"))
 
@@ -207,7 +268,7 @@ def write_report(run_dir: str | Path, slices: dict | None = None, base_dir: Path
     ra = analyse_run(run_dir, slices=slices, base_dir=base_dir, settings=settings)
     fig_dir = run_dir / "report_files"
     for name, df in (("regions.csv", ra.regions_table()), ("high_risk.csv", ra.high_risk_table()),
-                     ("boundary.csv", ra.boundary_table())):
+                     ("boundary.csv", ra.boundary_table()), ("tumour_regions.csv", ra.tumour_region_table())):
         with atomic_path(run_dir / name) as tmp:
             df.to_csv(tmp, index=False)
     figs = _slice_figures(ra, fig_dir)
@@ -217,7 +278,7 @@ def write_report(run_dir: str | Path, slices: dict | None = None, base_dir: Path
     if labelled:
         overview.append(plot_roc_all(labelled, fig_dir / "all_roc_pr.png", title="all slices (seed-mean scores)"))
         overview.append(plot_calibration(labelled, fig_dir / "calibration.png",
-                                         title="calibration (seed-mean scores, labelled spots)"))
+                                         title="reliability of calibrated probabilities (seed means)"))
     name = ra.metrics.get("experiment") or ra.config.get("name", run_dir.name)
     nav = " ".join(f'<a href="#slice-{_safe(s)}">{html.escape(s)}</a>' for s in ra.slices)
     secs = [f"<h1>spagraph report: {html.escape(str(name))}</h1>",
@@ -226,16 +287,19 @@ def write_report(run_dir: str | Path, slices: dict | None = None, base_dir: Path
             f"{_fmt(ra.metrics.get('wall_time_s'), 1)} s.</p>",
             f"<nav>Slices: {nav}</nav>",
             "<h2>Protocol</h2>", f"<p>{_protocol_text(ra)}</p>", _fold_table(ra),
-            "<h2>Metrics</h2>", _metrics_section(ra)]
+            "<h2>Metrics</h2>", _metrics_section(ra),
+            "<h2>Calibration, prevalence and decisions</h2>", _decisions_section(ra)]
     if overview:
         secs += ["<h2>Curves</h2>", '<div style="display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start">'
                  + "".join(_img(p, p.stem) for p in overview) + "</div>"]
     secs += ["<h2>Regions and boundary agreement</h2>", _boundary_section(ra),
+             "<h2>Tumour regions</h2>", _regions_section(ra),
              "<h2>High-risk spots</h2>", _risk_section(ra),
              "<h2>Slices</h2>",
-             '<p class="note">Panels: pathologist label; seed-mean cancer score; spread over seeds (when more than '
-             "one seed); ensemble prediction; regions; risk (score &minus; spread, on spots the pathologist called "
-             "non-cancer; high-risk spots ringed). Drawn over the H&amp;E when the slice has one.</p>"]
+             '<p class="note">Panels: pathologist label; seed-mean calibrated probability; spread over seeds '
+             "(spagraph_seed_std, when more than one seed; colour scale = its 2nd-98th percentile); ensemble "
+             "prediction; regions; risk (upper bound probability + 2 &times; spread, on spots called non-cancer; "
+             "high-risk spots ringed). Drawn over the H&amp;E when the slice has one.</p>"]
     for s, paths in figs.items():
         secs.append(f'<div class="slice" id="slice-{_safe(s)}"><h3>{html.escape(s)}</h3>' +
                     "".join(_img(p, f"{s} {p.stem}") for p in paths) + "</div>")

@@ -13,21 +13,21 @@ of such folders (a seed ensemble, e.g. ``RUN/models/``).
 
 ``predict_slice(models, adata)`` embeds the slice with the saved preprocessing (transform only),
 builds its graph, scores it (eval mode), estimates uncertainty (std over MC-dropout passes and
-ensemble members), thresholds it by quantile matching against the saved validation scores,
-draws regions and risk, and writes them into ``adata.obs`` / ``adata.uns["spagraph"]``.
+ensemble members), calibrates and thresholds it with the saved decision state (``meta["decide"]``: calibration map
+fitted on validation slices, the fold's rule; :mod:`spagraph.decide`), draws regions and risk, and writes them into ``adata.obs`` / ``adata.uns["spagraph"]``.
 """
 from __future__ import annotations
 
 import importlib
 import json
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from spagraph.utils import atomic_dir, atomic_path, atomic_write_json
+from spagraph.utils import atomic_dir, atomic_path, atomic_write_json, write_h5ad
 
 log = logging.getLogger("spagraph")
 
@@ -67,6 +67,16 @@ def _validation_threshold(model, graphs: dict, fold, ts) -> tuple[np.ndarray, fl
     vs = np.concatenate([predict_scores(model, graphs[n], ts) for n in fold.val])
     vy = np.concatenate([graphs[n].y.numpy() for n in fold.val])
     return (vs, *validation_thresholds(vy, vs))
+
+
+def _decision_meta(cfg, graphs: dict, fold, vs: np.ndarray) -> dict:
+    """Calibration state (validation slices only) and the fold's rule, as plain JSON."""
+    from spagraph.decide.core import fit_state
+    from spagraph.decide.evaluate import fold_rule
+    vy = np.concatenate([graphs[n].y.numpy() for n in fold.val]) if fold.val else np.zeros(0)
+    state = fit_state(vy, vs, cfg.threshold.fixed, cfg.threshold.calibration, list(fold.val))
+    rule, choice = fold_rule(cfg, graphs, fold)
+    return {**state.to_dict(), "rule": rule, "rule_choice": choice}
 
 
 def _fit_gene_encoder(cfg, fold, slices: dict | None, base_dir: Path | None):
@@ -113,6 +123,7 @@ def save_model(model, cfg, graphs: dict, fold, path: str | Path, slices: dict | 
         "seed": seed,
         "val_threshold": float(vthr), "youden_threshold": float(jthr), "n_val_scores": int(len(vs)),
         "threshold_method": cfg.threshold.method, "threshold_fixed": cfg.threshold.fixed,
+        "decide": _decision_meta(cfg, graphs, fold, vs),
     }
     with atomic_dir(path) as d:        # all files or none: a failure keeps the previous folder whole
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, d / "model.pt")
@@ -155,21 +166,33 @@ def load_model(path: str | Path, device: str = "cpu") -> SavedModel:
     missing = [f for f in FILES if not (path / f).exists()]
     if missing:
         raise FileNotFoundError(f"{path} is not a saved spagraph model: missing {', '.join(missing)}")
-    meta = json.loads((path / "meta.json").read_text())
+    from spagraph.train.model_files import load_gene_state, load_val_scores, load_weights, read_meta
+    meta = read_meta(path / "meta.json")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path}: saved with format {meta['format_version']}, this spagraph reads <= {FORMAT_VERSION}")
     cfg = load_config(path / "config.yaml")
     if cfg.config_hash() != meta["config_hash"]:
         raise ValueError(f"{path}: config.yaml hash {cfg.config_hash()} != recorded {meta['config_hash']} "
                          "(config edited after saving?)")
-    model = SpaGraphNet(meta["d_img"], meta["d_gene"], meta["n_scales"], meta["n_bins"],
-                        ModelSettings(**meta["model_settings"]))
-    model.load_state_dict(torch.load(path / "model.pt", map_location=device, weights_only=True))
+    try:
+        model = SpaGraphNet(meta["d_img"], meta["d_gene"], meta["n_scales"], meta["n_bins"],
+                            ModelSettings(**meta["model_settings"]))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path / 'meta.json'}: model dims / model_settings do not build a model: {e}") from None
+    state = load_weights(path / "model.pt", "model weights", device)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path / 'model.pt'}: weights do not match the model described in meta.json: "
+                         f"{str(e).strip().splitlines()[0][:300]}") from None
     model.to(device).eval()
     ge = None
     if (path / "gene_encoder.pt").exists():
-        ge = _restore_gene_encoder(meta, torch.load(path / "gene_encoder.pt", weights_only=False))
-    return SavedModel(path=path, model=model, cfg=cfg, meta=meta, val_scores=np.load(path / "val_scores.npy"),
+        try:
+            ge = _restore_gene_encoder(meta, load_gene_state(path / "gene_encoder.pt"))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{path / 'gene_encoder.pt'}: incomplete gene encoder state (missing {e})") from None
+    return SavedModel(path=path, model=model, cfg=cfg, meta=meta, val_scores=load_val_scores(path / "val_scores.npy"),
                       gene_encoder=ge)
 
 
@@ -218,7 +241,7 @@ def slice_graph(adata, saved: SavedModel, name: str = "slice"):
     from spagraph.graph import GraphSettings, build_slice_graph
     g = saved.meta["graph"]
     # the saved graph section; keys a model saved by older code lacks take GraphSettings' defaults
-    data = build_slice_graph(adata, GraphSettings(**{f.name: g[f.name] for f in fields(GraphSettings) if f.name in g}),
+    data = build_slice_graph(adata, GraphSettings(**{k: g[k] for k in GraphSettings.model_fields if k in g}),
                              label_key=saved.meta.get("label_key", "cancer"), name=name)
     for key, flag, d in (("x_img", "has_img", saved.meta["d_img"]), ("x_gene", "has_gene", saved.meta["d_gene"])):
         w = data[key].shape[1]
@@ -256,23 +279,52 @@ def mc_dropout_scores(model, data, n_passes: int, seed: int = 0, ts=None) -> np.
     return out
 
 
-def _threshold(saved: SavedModel, target: np.ndarray) -> tuple[float, str]:
-    from spagraph.train.thresholds import threshold_rules
-    method = saved.meta.get("threshold_method", "quantile_beta")
-    return threshold_rules([method], saved.val_scores, saved.val_threshold,
-                           float(saved.meta.get("youden_threshold", saved.val_threshold)), target,
-                           float(saved.meta.get("threshold_fixed", 0.5)))[method]
+def decision_state(saved: SavedModel, threshold: float | None = None):
+    """The saved calibration state (older folders without one: identity calibration, the saved
+    validation cuts); ``threshold`` replaces the fixed cut."""
+    from spagraph.decide.core import DecisionState
+    d = saved.meta.get("decide")
+    if d is None:
+        d = {"calibration": {"kind": "identity"}, "val_f1": saved.val_threshold,
+             "val_youden": float(saved.meta.get("youden_threshold", saved.val_threshold)),
+             "fixed": float(saved.meta.get("threshold_fixed", 0.5))}
+    st = DecisionState.from_dict({k: v for k, v in d.items() if k not in ("rule", "rule_choice")}, saved.val_scores)
+    if threshold is not None:
+        st.fixed = float(threshold)
+    return st
+
+
+def saved_rule(saved: SavedModel, threshold_method: str | None = None, threshold: float | None = None) -> str:
+    """The rule a saved model applies: ``threshold`` given -> "fixed"; else ``threshold_method``;
+    else the rule chosen for its fold when saved (``auto`` resolved by inner folds)."""
+    from spagraph.decide.rules import RULES
+    if threshold is not None:
+        if not 0 <= threshold <= 1:
+            raise ValueError(f"--threshold must be a probability in [0, 1], got {threshold}")
+        return "fixed"
+    rule = threshold_method or (saved.meta.get("decide") or {}).get("rule") or saved.meta.get("threshold_method", "quantile_beta")
+    if rule == "auto":
+        rule = "prior_adjusted"
+    if rule not in RULES:
+        raise ValueError(f"threshold method must be one of {RULES}, got {rule!r}")
+    return rule
 
 
 def predict_slice(models: list[SavedModel] | SavedModel, adata, name: str = "slice", n_mc: int = 20,
                   mc_seed: int = 0, distance_pitches: float | None = 1.0, k_hops: int | None = None,
-                  max_spread: float = 0.1, embed: bool = True, device: str = "cpu") -> dict:
+                  max_spread: float | None = None, embed: bool = True, device: str = "cpu",
+                  threshold_method: str | None = None, threshold: float | None = None,
+                  risk_level: float = 0.25) -> dict:
     """Score, threshold, regions and risk of one slice; written into ``adata`` (see conventions).
 
-    Score = eval-mode score (mean over ensemble members). Threshold = mean over members of each
-    member's quantile-matched threshold. Uncertainty = std of the cancer probability over all MC-
-    dropout passes of all members (``n_mc`` passes each; with ``n_mc=0`` and several members, the
-    std over members). Returns a dict with the per-spot table (``table``) and the decisions.
+    Score = each member's eval-mode score through its saved calibration (validation slices only),
+    averaged over members. Calls = :func:`spagraph.decide.core.decide_rules` per member with the
+    rule saved for its fold (``threshold_method`` overrides it; ``threshold`` gives a fixed cut on
+    the calibrated scale), majority over members; the reported threshold is the members' mean.
+    Spreads: ``spagraph_seed_std`` across members, ``spagraph_mc_std`` across ``n_mc`` MC-dropout
+    passes (mean over members); ``spagraph_uncertainty`` = their root sum of squares. High-risk:
+    :func:`spagraph.regions.risk_table` (label-free). Tumour regions: connected components
+    (:func:`spagraph.regions.tumour_regions`). Returns a dict with the per-spot ``table``.
     """
     import pandas as pd
     from spagraph.regions import assign_regions, risk_table
@@ -283,56 +335,74 @@ def predict_slice(models: list[SavedModel] | SavedModel, adata, name: str = "sli
         raise ValueError("predict_slice needs at least one saved model")
     if n_mc < 0:
         raise ValueError(f"n_mc must be >= 0, got {n_mc}")
-    scores, passes, thrs, methods = [], [], [], []
+    from spagraph.decide.core import decide_rules
+    from spagraph.regions import tumour_regions
+    probs, mc_stds, thrs, methods, preds, prevs, flags = [], [], [], [], [], [], []
+    g = None
     for i, m in enumerate(models):
         if embed:
             embed_for_prediction(adata, m, name)
         g = slice_graph(adata, m, name)
         ts = train_settings(m.cfg)
         s = predict_scores(m.model, g, ts)
-        scores.append(s)
-        t, used = _threshold(m, s)
-        thrs.append(t); methods.append(used)
+        state = decision_state(m, threshold)
+        rule = saved_rule(m, threshold_method, threshold)
+        sd = decide_rules(s, state, [rule], g.edge_index_0.numpy())
+        d = sd.rules[rule]
+        probs.append(sd.prob); thrs.append(d.threshold); methods.append(d.used); preds.append(d.pred)
+        prevs.append(sd.prevalence); flags.extend(d.flags)
         if n_mc > 0:
-            passes.append(mc_dropout_scores(m.model, g, n_mc, seed=mc_seed + i, ts=ts))
-        else:
-            passes.append(s[None, :])
-    score = np.mean(scores, axis=0)
-    allp = np.concatenate(passes, axis=0)
-    unc = allp.std(0) if len(allp) > 1 else np.zeros(len(score))
+            mc = state.calibration(mc_dropout_scores(m.model, g, n_mc, seed=mc_seed + i, ts=ts))
+            mc_stds.append(mc.std(0))
+    score = np.mean(probs, axis=0)
+    seed_std = np.std(probs, axis=0) if len(probs) > 1 else np.zeros(len(score))
+    mc_std = np.mean(mc_stds, axis=0) if mc_stds else np.zeros(len(score))
+    unc = np.sqrt(seed_std ** 2 + mc_std ** 2)
     thr = float(np.mean(thrs))
-    pred = (score >= thr).astype(int)
+    pred = (np.mean(preds, axis=0) >= 0.5).astype(int)      # members' calls, majority (one member: its calls)
     label_key = models[0].meta.get("label_key", "cancer")
     label = None
     if label_key in adata.obs and adata.obs[label_key].notna().any():
         label = adata.obs[label_key].astype("Float32").to_numpy(dtype=float, na_value=np.nan)
-    # risk: score spread over the passes/members (MC mean may differ slightly from the eval score;
-    # the eval score is the one compared with the threshold)
-    rt = risk_table(adata, score[None, :], thr, label=label, pred=pred, slice_name=name, max_spread=max_spread)
-    rt["spread"] = unc
-    rt["risk"] = np.where(rt["reference_class"].astype("Float32").to_numpy(dtype=float, na_value=np.nan) == 0,
-                          np.maximum(score - unc, 0.0), np.nan)
-    rt["high_risk"] = rt["high_risk"].to_numpy() & (unc <= max_spread)
+    rt = risk_table(adata, score, thr, label=label, pred=pred, slice_name=name, spread=unc,
+                    risk_level=risk_level, max_spread=max_spread)
     regions = assign_regions(adata, pred=pred, distance_pitches=distance_pitches, k_hops=k_hops,
                              high_risk=rt["high_risk"].to_numpy())
+    rid, rtab = tumour_regions(g if g is not None else adata, pred, score)
     adata.obs["spagraph_score"] = score.astype(np.float64)
     adata.obs["spagraph_pred"] = pred.astype(np.int8)
     adata.obs["spagraph_region"] = pd.Categorical(regions, categories=list(regions.categories))
+    adata.obs["spagraph_tumour_region"] = rid.astype(np.int32)
     adata.obs["spagraph_risk"] = rt["risk"].to_numpy(dtype=np.float64)
     adata.obs["spagraph_uncertainty"] = unc.astype(np.float64)
+    adata.obs["spagraph_seed_std"] = seed_std.astype(np.float64)
+    adata.obs["spagraph_mc_std"] = mc_std.astype(np.float64)
     method = methods[0] if len(set(methods)) == 1 else "mixed:" + ",".join(sorted(set(methods)))
     adata.uns["spagraph"] = {
         "model": [str(m.path.resolve()) for m in models], "config_hash": models[0].config_hash,
         "threshold": thr, "threshold_method": method, "member_thresholds": [float(t) for t in thrs],
+        "rule": saved_rule(models[0], threshold_method, threshold),
+        "prevalence_estimate": (float(np.mean([p for p in prevs if p is not None])) if any(p is not None for p in prevs)
+                                else float("nan")),
+        "predicted_fraction": float(pred.mean()) if len(pred) else float("nan"),
+        "flags": "; ".join(sorted(set(flags))),              # h5ad-friendly: one string ("" = none)
+        "calibration": json.dumps([m.meta.get("decide", {}).get("calibration", {"kind": "identity"}) for m in models]),
         "n_models": len(models), "mc_dropout_passes": int(n_mc),
-        "uncertainty": "std over MC-dropout passes and ensemble members",
+        "score": "calibrated P(cancer), mean over ensemble members",
+        "uncertainty": "sqrt(spagraph_seed_std^2 + spagraph_mc_std^2)",
+        "seed_std": "std of the calibrated probability across ensemble members (0 with one)",
+        "mc_std": "std across MC-dropout passes, mean over members (0 with --mc-passes 0)",
+        "tumour_regions": {c: rtab[c].to_numpy(dtype=float if c == "mean_probability" else np.int64)
+                           for c in rtab.columns},
         "regions": {"boundary": (f"within {k_hops} hop(s) on the scale-1 graph" if k_hops is not None
                                  else f"within {distance_pitches:g} pitch(es)"),
-                    "max_spread": float(max_spread), "risk_reference": str(rt["reference"].iloc[0])},
+                    "risk_level": float(risk_level), "max_spread": float("nan") if max_spread is None else float(max_spread),
+                    "high_risk": "predicted non-cancer with P >= risk_level or P + 2 std >= risk_level"},
     }
     table = pd.DataFrame({"spot": list(map(str, adata.obs_names)), "score": score, "pred": pred,
                           "region": regions, "risk": rt["risk"].to_numpy(), "uncertainty": unc,
-                          "high_risk": rt["high_risk"].to_numpy(),
+                          "seed_std": seed_std, "mc_std": mc_std, "tumour_region": rid,
+                          "high_risk": rt["high_risk"].to_numpy(), "risk_rank": rt["risk_rank"].to_numpy(),
                           "nearest_tumour_distance": rt["nearest_tumour_distance"].to_numpy()})
     return {"table": table, "threshold": thr, "threshold_method": method, "adata": adata}
 
@@ -342,8 +412,7 @@ def write_prediction(adata, table, out: str | Path) -> tuple[Path, Path]:
     out = Path(out)
     if out.suffix != ".h5ad":
         raise ValueError(f"--out must end in .h5ad, got {out}")
-    with atomic_path(out) as tmp:
-        adata.write_h5ad(tmp)
+    write_h5ad(adata, out)        # in memory first: a full disk is one clear error, not h5py noise
     csv = out.with_suffix(".csv")
     with atomic_path(csv) as tmp:
         table.to_csv(tmp, index=False)

@@ -120,6 +120,19 @@ def panel_continuous(ax, cv: SpatialCanvas, value: np.ndarray, title: str, cmap=
         cb.set_label(cbar_label, fontsize=8)
 
 
+def uncertainty_range(u) -> tuple[float, float]:
+    """Colour range that shows variation: the 2nd to 98th percentile of the finite values (not 0..1
+    when the spreads are 0..0.05); a constant map gets a tiny range around its value."""
+    u = np.asarray(u, dtype=float)
+    f = u[np.isfinite(u)]
+    if not len(f):
+        return 0.0, 1e-3
+    lo, hi = (float(v) for v in np.percentile(f, [2, 98]))
+    if hi - lo < 1e-6:
+        lo, hi = max(lo - 5e-4, 0.0), lo + 5e-4
+    return lo, hi
+
+
 def panel_pred(ax, cv: SpatialCanvas, pred: np.ndarray, title="prediction"):
     p = np.asarray(pred, dtype=float)
     names = np.where(np.isnan(p), "undetermined", np.where(p == 1, "cancer", "non-cancer"))
@@ -139,7 +152,7 @@ def panel_regions(ax, cv: SpatialCanvas, regions, title="regions"):
 
 def panel_risk(ax, cv: SpatialCanvas, risk: np.ndarray, high_risk: np.ndarray | None = None,
                title="risk (non-cancer spots)"):
-    panel_continuous(ax, cv, risk, title, cmap="cividis", cbar_label="score − spread")
+    panel_continuous(ax, cv, risk, title, cmap="cividis", cbar_label="upper bound P + 2·std")
     if high_risk is not None and np.asarray(high_risk, bool).any():
         hr = np.asarray(high_risk, bool)
         _discs(ax, cv.pos[hr], "none", cv.diameter * 1.15, edge=REGION_COLOURS["high_risk"], lw=1.6, zorder=3)
@@ -180,8 +193,9 @@ def plot_slice_panels(pos, path: str | Path, *, label=None, score=None, pred=Non
             panel_continuous(ax, cv, score, "cancer score", cbar_label="P(cancer)")
         elif p == "uncertainty":
             u = np.asarray(uncertainty, float)
-            panel_continuous(ax, cv, u, "uncertainty (std)", cmap="magma", vmin=0.0,
-                             vmax=max(float(np.nanmax(u)) if np.isfinite(u).any() else 0.0, 1e-3))
+            lo, hi = uncertainty_range(u)
+            panel_continuous(ax, cv, u, "uncertainty (std)", cmap="magma", vmin=lo, vmax=hi,
+                             cbar_label=f"std, {lo:.3g}–{hi:.3g}")
         elif p == "pred":
             panel_pred(ax, cv, pred)
         elif p == "regions":

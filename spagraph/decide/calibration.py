@@ -1,0 +1,120 @@
+"""Calibration of cancer scores into probabilities, fitted on validation slices only.
+
+Platt scaling on the logit of the score: ``P(cancer) = sigmoid(a * logit(s) + b)`` with ``a > 0``
+(strictly increasing, so every ranking metric is unchanged). It is fitted by an (almost)
+unpenalised logistic regression of the validation slices' labels on their logit scores. The
+resulting probabilities carry the validation slices' cancer fraction as their prior; that prior is
+stored (``prior``) so a target slice's posteriors can be re-weighted to the target's own,
+estimated, prior (:mod:`spagraph.decide.prevalence`). Isotonic regression is offered as an
+alternative (``kind="isotonic"``, monotone non-decreasing; knots stored as plain lists).
+
+Only validation labels enter; a fit that would be decreasing (``a <= 0``), or a validation set
+with a single class, gives the identity map (``kind="identity"``) and says so.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+EPS = 1e-6
+
+
+def logit(s) -> np.ndarray:
+    s = np.clip(np.asarray(s, dtype=float), EPS, 1 - EPS)
+    return np.log(s) - np.log1p(-s)
+
+
+def sigmoid(z) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=float)))
+
+
+@dataclass
+class Calibration:
+    """A monotone map from raw score to P(cancer); JSON-serialisable (:meth:`to_dict`)."""
+    kind: str = "identity"            # "platt" | "isotonic" | "identity"
+    a: float = 1.0
+    b: float = 0.0
+    prior: float = 0.5                # cancer fraction of the spots it was fitted on
+    n: int = 0
+    fitted_on: list[str] = field(default_factory=list)
+    x_knots: list[float] = field(default_factory=list)   # isotonic only (raw-score knots)
+    y_knots: list[float] = field(default_factory=list)
+    note: str = ""
+
+    def __call__(self, scores) -> np.ndarray:
+        s = np.asarray(scores, dtype=float)
+        if self.kind == "platt":
+            return sigmoid(self.a * logit(s) + self.b)
+        if self.kind == "isotonic":
+            return np.clip(np.interp(s, self.x_knots, self.y_knots), 0.0, 1.0)
+        if self.kind == "identity":
+            return np.clip(s, 0.0, 1.0)
+        raise ValueError(f"unknown calibration kind {self.kind!r}; expected platt, isotonic or identity")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Calibration":
+        unknown = set(d) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise ValueError(f"calibration state has unknown keys {sorted(unknown)}")
+        return cls(**d)
+
+
+def fit_calibration(y, scores, kind: str = "platt", slices: list[str] | None = None) -> Calibration:
+    """Fit a calibration map on labelled validation spots.
+
+    Parameters
+    ----------
+    y : (m,) 0/1/NaN labels of the *validation* slices (NaN spots are ignored).
+    scores : (m,) raw scores in [0, 1] of the same spots.
+    kind : "platt" (default) or "isotonic".
+    slices : names of the slices the spots come from (recorded).
+    """
+    y = np.asarray(y, dtype=float)
+    s = np.asarray(scores, dtype=float)
+    if y.shape != s.shape:
+        raise ValueError(f"fit_calibration: {len(y)} labels but {len(s)} scores")
+    m = ~np.isnan(y) & np.isfinite(s)
+    y, s = y[m].astype(int), s[m]
+    names = list(slices or [])
+    prior = float(y.mean()) if len(y) else 0.5
+    if len(y) < 10 or len(np.unique(y)) < 2 or np.ptp(s) == 0:
+        return Calibration("identity", prior=prior, n=int(len(y)), fitted_on=names,
+                           note="identity: fewer than 10 labelled validation spots, one class or constant scores")
+    if kind == "isotonic":
+        from sklearn.isotonic import IsotonicRegression
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(s, y)
+        return Calibration("isotonic", prior=prior, n=int(len(y)), fitted_on=names,
+                           x_knots=[float(v) for v in iso.X_thresholds_], y_knots=[float(v) for v in iso.y_thresholds_])
+    if kind != "platt":
+        raise ValueError(f"calibration kind must be 'platt' or 'isotonic', got {kind!r}")
+    from sklearn.linear_model import LogisticRegression
+    z = logit(s)[:, None]
+    clf = LogisticRegression(C=1e4, max_iter=1000).fit(z, y)
+    a, b = float(clf.coef_[0, 0]), float(clf.intercept_[0])
+    if not (np.isfinite(a) and np.isfinite(b)) or a <= 0:
+        return Calibration("identity", prior=prior, n=int(len(y)), fitted_on=names,
+                           note=f"identity: the Platt fit was not increasing (a = {a:.3g})")
+    return Calibration("platt", a=a, b=b, prior=prior, n=int(len(y)), fitted_on=names)
+
+
+def reliability(y, prob, n_bins: int = 10) -> dict:
+    """Equal-width reliability bins of calibrated probabilities: per non-empty bin the mean
+    probability, the observed cancer fraction and the count; ``ece`` = count-weighted mean
+    |observed - predicted| (None without labelled spots)."""
+    y, p = np.asarray(y, dtype=float), np.asarray(prob, dtype=float)
+    m = ~np.isnan(y)
+    y, p = y[m], p[m]
+    edges = np.linspace(0, 1, n_bins + 1)
+    idx = np.clip(np.digitize(p, edges[1:-1]), 0, n_bins - 1)
+    mean_p, frac, count = [], [], []
+    for b in range(n_bins):
+        k = idx == b
+        if k.any():
+            mean_p.append(float(p[k].mean())); frac.append(float(y[k].mean())); count.append(int(k.sum()))
+    c = np.asarray(count, dtype=float)
+    ece = float(np.sum(c * np.abs(np.asarray(frac) - np.asarray(mean_p))) / c.sum()) if len(c) else None
+    return {"mean_prob": mean_p, "fraction_positive": frac, "count": count, "ece": ece}
