@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from spagraph.io._checks import check_positions, sum_duplicate_genes, unique_spots
+from spagraph.io._checks import sum_duplicate_genes, unique_spots
 from spagraph.io._tenx import HIRES_MAX_PX, check_sparse_counts, downscale, to_rgb_uint8
 from spagraph.io.labels import LabelSchema
 
@@ -176,11 +176,12 @@ def read_spatialdata(path: str | Path, table: Optional[str] = None, region: Opti
         raise ValueError(f"{where}: the table has no counts (X is empty and no 'counts' layer)")
     ids = pd.Index([str(i) for i in inst])
     unique_spots(ids, where)
-    X = check_sparse_counts(sp.csr_matrix(Xsrc), where, ids)
+    X = check_sparse_counts(sp.csr_matrix(Xsrc), where, ids, t.var_names)
     X, genes = sum_duplicate_genes(X, t.var_names, where)
     out = ad.AnnData(X=X, obs=pd.DataFrame(index=ids), var=pd.DataFrame(index=genes))
     out.obsm["spatial"] = np.asarray(xy_px, dtype=np.float64)
-    check_positions(out.obsm["spatial"], where, out.obs_names)
+    from spagraph.io._checks import check_positions
+    check_positions(out.obsm["spatial"], where, out.obs_names)     # before the pitch below relies on it
     if not np.isfinite(spot_px):
         from scipy.spatial import cKDTree
         d, _ = cKDTree(out.obsm["spatial"]).query(out.obsm["spatial"], k=2)
@@ -205,7 +206,8 @@ def read_spatialdata(path: str | Path, table: Optional[str] = None, region: Opti
         schema = label_schema if isinstance(label_schema, LabelSchema) else LabelSchema.from_dict(label_schema)
         cls, canc = schema.apply(ann, where)
         out.obs["label_class"], out.obs["cancer"] = cls, canc.array
-    return out
+    from spagraph.io.validate import check_slice
+    return check_slice(out, source=where)
 
 
 def _pick_image(sdata, image, cs, where) -> Optional[str]:

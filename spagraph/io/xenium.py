@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from spagraph.io._checks import check_positions, sum_duplicate_genes, unique_spots
+from spagraph.io._checks import sum_duplicate_genes, unique_spots
 from spagraph.io._tenx import (check_sparse_counts, downscale, read_10x_matrix, read_json, read_parquet_or_csv,
                                read_tiff_level, to_rgb_uint8)
 from spagraph.io.labels import LabelSchema
@@ -149,7 +149,7 @@ def read_xenium(path: str | Path, bin_um: Optional[float] = 50.0, grid: Grid = "
     if dropped:
         log.info("%s: dropped control features: %s", src, ", ".join(f"{t}: {d['features']} features / "
                                                                    f"{d['counts']} counts" for t, d in dropped.items()))
-    X = check_sparse_counts(m.X[:, gene], src, m.obs_names)
+    X = check_sparse_counts(m.X[:, gene], src, m.obs_names, m.var_names[gene])
     X, genes = sum_duplicate_genes(X, m.var_names[gene], src)
     cell_ids = m.obs_names
 
@@ -215,7 +215,7 @@ def read_xenium(path: str | Path, bin_um: Optional[float] = 50.0, grid: Grid = "
 
     # --- frame: full-resolution image pixels
     morph_px = centres_um / pixel_size
-    images, image_kind, he_scale = {}, None, 1.0
+    images, image_kind, he_scale, mfile = {}, None, 1.0, None
     hires_scalef = 1.0
     if (he_image is None) != (he_alignment is None):
         raise ValueError("he_image and he_alignment go together (the H&E and its 3x3 alignment CSV)")
@@ -227,7 +227,6 @@ def read_xenium(path: str | Path, bin_um: Optional[float] = 50.0, grid: Grid = "
         img, (fw, fh), hires_scalef = _read_any_image(Path(he_image))
         images["hires"] = img
         image_kind = "he"
-        _warn_outside(spatial, fw, fh, he_image, names)
     else:
         spatial = morph_px
         if morphology:
@@ -243,7 +242,6 @@ def read_xenium(path: str | Path, bin_um: Optional[float] = 50.0, grid: Grid = "
     if rows is not None:
         out.obs["array_row"], out.obs["array_col"] = rows, cols
     out.obsm["spatial"] = np.asarray(spatial, dtype=np.float64)
-    check_positions(out.obsm["spatial"], path, out.obs_names)
     out.uns["spatial"] = {lib: {"images": images, "scalefactors": {
         "tissue_hires_scalef": float(hires_scalef), "tissue_lowres_scalef": float(hires_scalef),
         "spot_diameter_fullres": float(spot_px)}}}
@@ -253,7 +251,9 @@ def read_xenium(path: str | Path, bin_um: Optional[float] = 50.0, grid: Grid = "
         "grid": "cells" if keep_cells else grid, "n_cells": int(n_cells_total), "n_dropped_bins": n_dropped_bins,
         "pixel_size_um": pixel_size * he_scale, "dropped_features": dropped}
     _attach_labels(out, annotation, label_schema, cell_ids, codes, keep_cells)
-    return out
+    from spagraph.io.validate import check_slice
+    return check_slice(out, source=path, files={"counts": src, "positions": cells_file, "labels": annotation,
+                                                "image": he_image or (mfile if image_kind == "dapi" else None)})
 
 
 def read_alignment(path: Path) -> np.ndarray:
@@ -291,14 +291,6 @@ def _read_any_image(p: Path) -> tuple[np.ndarray, tuple[int, int], float]:
     h, w = arr.shape[:2]
     small, s = downscale(to_rgb_uint8(arr))
     return small, (w, h), s
-
-
-def _warn_outside(xy, w, h, img, names) -> None:
-    out = (xy[:, 0] < 0) | (xy[:, 1] < 0) | (xy[:, 0] >= w) | (xy[:, 1] >= h)
-    if out.mean() > 0.05:
-        import warnings
-        warnings.warn(f"{img}: {int(out.sum())} of {len(xy)} spots fall outside the image ({w}x{h}) after alignment, "
-                      f"e.g. {list(names[out][:3])}: is the alignment matrix the one for this H&E?")
 
 
 def _attach_labels(out: ad.AnnData, annotation, label_schema, cell_ids: pd.Index, codes: np.ndarray,
