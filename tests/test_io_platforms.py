@@ -363,3 +363,23 @@ def test_spatialdata_errors_are_clear(tmp_path):
     assert res.exit_code == 0 and "60 spots x 300 genes" in res.output and "image: none" in res.output, res.output
     with pytest.raises(ValueError, match="no prediction columns"):
         write_spatialdata_predictions(b, tmp_path / "s.zarr")
+
+
+def test_read_card_with_the_xenium_reader(tmp_path):
+    """A card with reader xenium + reader_options reads a fetched root laid out as the xehbc card says."""
+    import shutil
+    from spagraph.io.cards import read_card
+    root = tmp_path / "data"
+    truth = write_xenium(root / "rep1", extent_um=(300.0, 250.0), seed=8, he=True)
+    shutil.move(truth["annotation"], root / "rep1" / "annotation.csv")
+    shutil.move(truth["he_image"], root / "rep1" / "he_image.ome.tif")
+    shutil.move(truth["he_alignment"], root / "rep1" / "he_alignment.csv")
+    card = yaml.safe_load((REPO / "datasets" / "xehbc.yaml").read_text())
+    card.update(name="xe_mini", reader_options=dict(card["reader_options"], bin_um=50),
+                label_mapping={"cancer": ["invasive cancer"], "non_cancer": None})
+    p = tmp_path / "xe_mini.yaml"
+    p.write_text(yaml.safe_dump(card))
+    a = read_card(p, root)["rep1"]
+    meta = a.uns["spagraph_slice"]
+    assert meta["platform"] == "xenium" and meta["bin_um"] == 50 and meta["image_kind"] == "he"
+    assert meta["library_id"] == "rep1" and a.obs["cancer"].notna().all() and (a.obs["cancer"] == 1).any()
