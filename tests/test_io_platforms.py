@@ -403,3 +403,34 @@ def test_spatialdata_reads_what_spatialdata_io_writes_for_visium(tmp_path):
     assert sb["scalefactors"]["tissue_hires_scalef"] == pytest.approx(sa["scalefactors"]["tissue_hires_scalef"])
     assert sb["scalefactors"]["spot_diameter_fullres"] == pytest.approx(sa["scalefactors"]["spot_diameter_fullres"])
     assert sb["images"]["hires"].shape == sa["images"]["hires"].shape
+
+
+def test_morphology_pyramid_level_is_read_not_full_resolution(tmp_path):
+    """A pyramidal OME-TIFF (as Xenium writes its morphology images): the reader takes the smallest
+    level that is still >= 2000 px, never the full-resolution one."""
+    import tifffile
+    from spagraph.io._tenx import read_tiff_level
+    full = np.zeros((5000, 6000), np.uint16)
+    full[1000:2000, 1000:3000] = 3000
+    p = tmp_path / "pyr.ome.tif"
+    with tifffile.TiffWriter(p, bigtiff=True) as tw:
+        tw.write(full, subifds=2, photometric="minisblack", metadata={"axes": "YX"}, tile=(256, 256))
+        tw.write(full[::2, ::2], subfiletype=1, photometric="minisblack", tile=(256, 256))
+        tw.write(full[::4, ::4], subfiletype=1, photometric="minisblack", tile=(256, 256))
+    seen = []
+    orig = tifffile.TiffPageSeries.asarray
+
+    def spy(self, *a, **k):
+        arr = orig(self, *a, **k)
+        seen.append(arr.shape)
+        return arr
+    tifffile.TiffPageSeries.asarray = spy
+    try:
+        img, (w, h), s = read_tiff_level(p)
+    finally:
+        tifffile.TiffPageSeries.asarray = orig
+    assert seen == [(2500, 3000)]                      # only the 3000-px level was decoded
+    assert (w, h) == (6000, 5000) and img.shape[1:] == (2000, 3) and abs(img.shape[0] - 1667) <= 1
+    assert s == pytest.approx(2000 / 6000)
+    # the bright block lands where level-0 coordinates x scale say
+    assert img[int(1500 * s), int(2000 * s)].min() > 200 and img[int(3000 * s), int(4000 * s)].max() < 50
