@@ -434,3 +434,35 @@ def test_morphology_pyramid_level_is_read_not_full_resolution(tmp_path):
     assert s == pytest.approx(2000 / 6000)
     # the bright block lands where level-0 coordinates x scale say
     assert img[int(1500 * s), int(2000 * s)].min() > 200 and img[int(3000 * s), int(4000 * s)].max() < 50
+
+
+def test_region_polygons_label_spots_geojson_and_xenium_explorer_csv(tmp_path):
+    """Labels from drawn regions: a Xenium Explorer selection CSV (microns) on a slice whose frame is a
+    rotated H&E, and a QuPath-style GeoJSON (full-resolution pixels) on a Visium HD slice; the smallest
+    containing polygon wins, spots outside every polygon are NA."""
+    root = tmp_path / "xe"
+    truth = write_xenium(root, extent_um=(400.0, 300.0), seed=9, he=True, he_angle_deg=20.0)
+    sel = tmp_path / "selections.csv"
+    sel.write_text("#Selection name,Area (um^2)\n#Tumour,6000\nSelection,X,Y\n"
+                   "tissue,0,0\ntissue,400,0\ntissue,400,300\ntissue,0,300\n"
+                   "invasive cancer,100,100\ninvasive cancer,250,100\ninvasive cancer,250,200\ninvasive cancer,100,200\n")
+    a = read_xenium(root, bin_um=25, annotation=sel, he_image=truth["he_image"], he_alignment=truth["he_alignment"],
+                    label_schema={"cancer": ["invasive cancer"], "non_cancer": None})
+    um = (np.c_[a.obsm["spatial"], np.ones(a.n_obs)] @ truth["alignment"].T)[:, :2] * XENIUM_PIXEL_UM
+    in_box = (um[:, 0] > 100) & (um[:, 0] < 250) & (um[:, 1] > 100) & (um[:, 1] < 200)
+    assert in_box.sum() >= 15
+    assert (a.obs["cancer"].to_numpy(dtype=float) == in_box).all()
+    outs = tmp_path / "hd" / "outs"
+    write_visium_hd(outs, extent_um=(320.0, 240.0), bin_sizes=(16,), seed=2, image=False)
+    px = lambda x, y: [x / HD_MICRONS_PER_PIXEL, y / HD_MICRONS_PER_PIXEL]  # noqa: E731
+    gj = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"classification": {"name": "invasive cancer"}},
+         "geometry": {"type": "Polygon", "coordinates": [[px(64, 64), px(160, 64), px(160, 160), px(64, 160), px(64, 64)],
+                                                          [px(96, 96), px(128, 96), px(128, 128), px(96, 128), px(96, 96)]]}}]}
+    g = tmp_path / "regions.geojson"
+    g.write_text(json.dumps(gj))
+    b = read_visium_hd(outs, annotation=g)
+    bum = b.obsm["spatial"] * HD_MICRONS_PER_PIXEL
+    inside = ((bum > 64) & (bum < 160)).all(1) & ~((bum > 96) & (bum < 128)).all(1)
+    assert inside.sum() == 36 - 4
+    assert (b.obs["cancer"].to_numpy(dtype=float, na_value=0) == inside).all() and b.obs["cancer"].isna().sum() == b.n_obs - 32

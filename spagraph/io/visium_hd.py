@@ -72,7 +72,8 @@ def read_visium_hd(path: str | Path, bin_um: Optional[int] = None, annotation: s
         or one ``square_XXXum/`` folder (then ``bin_um`` must match it or be left at its default).
     bin_um : bin size in microns: 2, 8 or 16 (or any ``square_XXXum`` present); default 16, or the
         size of the ``square_XXXum/`` folder given.
-    annotation : optional ``barcode,label`` CSV; label_schema maps its labels.
+    annotation : optional ``barcode,label`` CSV, or region polygons (GeoJSON in full-resolution pixels,
+        spagraph.io.polygons); label_schema maps its labels.
 
     Returns
     -------
@@ -152,8 +153,12 @@ def read_visium_hd(path: str | Path, bin_um: Optional[int] = None, annotation: s
     out.uns["spagraph_slice"] = {"library_id": lib, "platform": "visium_hd", "source": str(folder),
                                  "has_image": bool(images), "image_kind": "he" if images else "none",
                                  "bin_um": float(bin_um), "spot_size_um": float(bin_um), "microns_per_pixel": mpp}
+    from spagraph.io.polygons import attach_polygon_labels, is_polygon_file
     from spagraph.io.readers import attach_annotation_csv
-    attach_annotation_csv(out, annotation, label_schema)
+    if annotation is not None and is_polygon_file(annotation):
+        attach_polygon_labels(out, annotation, label_schema, lambda r: np.asarray(r) / mpp)
+    else:
+        attach_annotation_csv(out, annotation, label_schema)
     log.info("%s: %d bins of %d um x %d genes", folder, out.n_obs, bin_um, out.n_vars)
     from spagraph.io.validate import check_slice
     return check_slice(out, source=folder, files={"counts": src, "positions": pos_file, "scalefactors": sf_file,

@@ -96,7 +96,9 @@ def read_xenium(path: str | Path, bin_um: Optional[float] = 50.0, grid: Grid = "
         cells whose centroid falls in a spot are summed); ``grid="cells"`` keeps cells.
     min_cells : pseudo-spots with fewer cells are dropped (counted in ``uns``).
     annotation : CSV ``id,label``; ids are cell ids (binned: each spot takes the majority label of its
-        labelled cells, ``obs["annotation_frac"]`` its share) or pseudo-spot names.
+        labelled cells, ``obs["annotation_frac"]`` its share) or pseudo-spot names. Or region polygons
+        (spagraph.io.polygons): GeoJSON in full-resolution pixels, or a Xenium Explorer selection CSV
+        in microns; each spot takes the label of the smallest polygon holding its centre.
     he_image, he_alignment : post-Xenium H&E (TIFF / PNG / JPEG) and the 3x3 affine CSV mapping H&E
         pixels to morphology pixels; the H&E then becomes the full-resolution image.
     pixel_size : microns per morphology pixel, only when ``experiment.xenium`` lacks it.
@@ -250,7 +252,15 @@ def read_xenium(path: str | Path, bin_um: Optional[float] = 50.0, grid: Grid = "
         "image_kind": image_kind or "none", "spot_size_um": size_um, "bin_um": float(bin_um) if not keep_cells else 0.0,
         "grid": "cells" if keep_cells else grid, "n_cells": int(n_cells_total), "n_dropped_bins": n_dropped_bins,
         "pixel_size_um": pixel_size * he_scale, "dropped_features": dropped}
-    _attach_labels(out, annotation, label_schema, cell_ids, codes, keep_cells)
+    from spagraph.io.polygons import attach_polygon_labels, is_polygon_file
+    if annotation is not None and is_polygon_file(annotation):
+        inv_he = np.linalg.inv(M) if he_image is not None else np.eye(3)
+
+        def um_to_fullres(r):
+            return (np.c_[np.asarray(r) / pixel_size, np.ones(len(r))] @ inv_he.T)[:, :2]
+        attach_polygon_labels(out, annotation, label_schema, um_to_fullres)
+    else:
+        _attach_labels(out, annotation, label_schema, cell_ids, codes, keep_cells)
     from spagraph.io.validate import check_slice
     return check_slice(out, source=path, files={"counts": src, "positions": cells_file, "labels": annotation,
                                                 "image": he_image or (mfile if image_kind == "dapi" else None)})
