@@ -73,12 +73,15 @@ def fetch(dataset: str = typer.Argument(..., help="dataset card name (datasets/<
 
 @app.command()
 @_guarded
-def info(path: Path = typer.Argument(..., help="her2st root, Space Ranger outs/, or .h5ad"),
-         slice: Optional[str] = typer.Option(None, "--slice", help="slice name (her2st layout)")):
-    """Print spots, genes, image size and label counts of one slice."""
+def info(path: Path = typer.Argument(..., help="her2st root, Space Ranger outs/, Visium HD outs/, Xenium folder, SpatialData .zarr, or .h5ad"),
+         slice: Optional[str] = typer.Option(None, "--slice", help="slice name (her2st layout)"),
+         bin_um: Optional[float] = typer.Option(None, "--bin-um", help="Xenium pseudo-spot size (default 50) / Visium HD bin size (default 16), microns"),
+         grid: Optional[str] = typer.Option(None, "--grid", help="Xenium: square (default), hex or cells")):
+    """Print platform, spot/bin size, spots, genes, image size and label counts of one slice."""
     from spagraph.io import read_slice, describe_slice
+    kw = {k: v for k, v in (("bin_um", bin_um), ("grid", grid)) if v is not None}
     try:
-        adata = read_slice(path, slice_name=slice)
+        adata = read_slice(path, slice_name=slice, **kw)
     except (ValueError, FileNotFoundError, OSError) as e:
         _fail(str(e))
     typer.echo(describe_slice(adata))
@@ -97,9 +100,14 @@ def run(config: Path = typer.Argument(..., help="experiment YAML (see experiment
         out: Optional[Path] = typer.Option(None, "--out", help="output directory (default: the YAML's 'out', else runs/<name>)"),
         set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key: --set train.lr=3e-4 (repeatable)"),
         resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in OUT"),
+        recompute_changed: bool = typer.Option(False, "--recompute-changed",
+                                               help="with --resume: recompute the folds whose config or data changed instead of refusing"),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
         threads: int = typer.Option(0, "--threads", min=0,
-                                    help="torch CPU threads (0: torch's default); 1 is fastest on small shared machines")):
+                                    help="torch CPU threads (0: torch's default); 1 is fastest on small shared machines"),
+        executor: str = typer.Option("local", "--executor", help="local (this process) | ray (fold x seed tasks in parallel)"),
+        address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (auto, ray://host:10001); default: start a local Ray"),
+        workers: Optional[int] = typer.Option(None, "--workers", min=1, help="CPUs of the local Ray (default: all)")):
     """Run an experiment (all folds x seeds) and write predictions, metrics and maps."""
     import os
     _set_threads(threads)
@@ -115,14 +123,19 @@ def run(config: Path = typer.Argument(..., help="experiment YAML (see experiment
     from spagraph.experiment.runner import run_experiment
     from spagraph.experiment.progress import summary_table
     from spagraph.experiment.tracking import make_tracker
+    from spagraph.experiment.executor import TaskFailed, get_executor
+    if recompute_changed and not resume:
+        _fail("--recompute-changed needs --resume")
+    ex = get_executor(executor, address, workers)
     tracker = make_tracker(cfg.track, cfg.to_dict(), out_dir, name=cfg.name, job_type="run")
     try:
         metrics = run_experiment(cfg, out_dir, resume=resume, progress=progress, tracker=tracker,
-                                 base_dir=config.resolve().parent)
-    except (ValueError, FileNotFoundError) as e:
+                                 base_dir=config.resolve().parent, executor=ex, recompute_changed=recompute_changed)
+    except (ValueError, FileNotFoundError, TaskFailed) as e:
         _fail(str(e))
     finally:
         tracker.finish()
+        ex.shutdown()
     con = Console()
     con.print(summary_table(metrics))
     con.print(f"wall time {metrics['wall_time_s']:.1f} s")
@@ -140,8 +153,12 @@ def tune(config: Path = typer.Argument(..., help="experiment YAML with a 'search
          set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key before searching"),
          exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="slice held out of tuning entirely (nested evaluation)"),
          max_folds: Optional[int] = typer.Option(None, "--max-folds", help="use only the first N folds per trial"),
+         nested: bool = typer.Option(True, "--nested/--no-nested", help="LOSO: one study per outer test slice over the other slices only (default); --no-nested: one study over all folds"),
+         outer: Optional[List[str]] = typer.Option(None, "--outer", help="nested: tune only for these outer test slices"),
          progress: bool = typer.Option(True, "--progress/--no-progress")):
-    """Search hyper-parameters (TPE + median pruning on validation AUC); resumable; writes OUT/best.yaml."""
+    """Search hyper-parameters (TPE + median pruning on validation AUC); resumable; nested by default.
+
+    Writes OUT/best_<slice>.yaml per outer test slice (nested) or OUT/best.yaml (--no-nested)."""
     import os
     from spagraph.experiment.config import ConfigError
     from spagraph.experiment.tune import tune as run_tune
@@ -149,9 +166,14 @@ def tune(config: Path = typer.Argument(..., help="experiment YAML with a 'search
     out.mkdir(parents=True, exist_ok=True)
     try:
         summary = run_tune(config, trials, storage or f"sqlite:///{out.resolve()}/study.db", out, set_, exclude,
-                           max_folds=max_folds, progress=progress)
+                           max_folds=max_folds, progress=progress, nested=nested, outer=outer)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
+    if "outer" in summary:
+        for x, s in summary["outer"].items():
+            typer.echo(f"outer test slice {x}: best inner validation AUC {s['best_value']:.4f} "
+                       f"(trial {s['best_trial']}, {s['n_complete']} complete) -> {s['best_config']}")
+        return
     typer.echo(f"best mean validation AUC {summary['best_value']:.4f} (trial {summary['best_trial']}, "
                f"{summary['n_complete']} complete, {summary['n_pruned']} pruned)")
     typer.echo(f"best config: {out / 'best.yaml'}   plot: {out / 'study.png'}")
@@ -170,7 +192,8 @@ def predict(model_dir: Path = typer.Argument(..., help="saved model folder (RUN/
             risk_level: float = typer.Option(0.25, "--risk-level", help="high-risk: predicted non-cancer with P(cancer), or P + 2 std, >= this"),
             threshold_method: Optional[str] = typer.Option(None, "--threshold-method", help="override the saved rule: prior_adjusted, expected_f1, spatial, quantile_beta, quantile_empirical, mixture, val_f1, val_youden, fixed"),
             threshold: Optional[float] = typer.Option(None, "--threshold", help="a fixed cut on the calibrated probability (overrides every rule)"),
-            plot: bool = typer.Option(True, "--plot/--no-plot", help="also write OUT.png (score, regions, risk maps)")):
+            plot: bool = typer.Option(True, "--plot/--no-plot", help="also write OUT.png (score, regions, risk maps)"),
+            sdata_table: Optional[str] = typer.Option(None, "--sdata-table", help="SLICE is a SpatialData .zarr: also write the predictions into it as this table (annotating the same shapes)")):
     """Predict a new slice with a saved model: score, prediction, regions, risk, uncertainty -> .h5ad + .csv."""
     from spagraph.io import read_slice
     from spagraph.train.saved import load_models, predict_slice, write_prediction
@@ -184,7 +207,11 @@ def predict(model_dir: Path = typer.Argument(..., help="saved model folder (RUN/
                             k_hops=k_hops, max_spread=max_spread, risk_level=risk_level,
                             threshold_method=threshold_method, threshold=threshold)
         h5, csv = write_prediction(adata, res["table"], out)
-    except (ValueError, FileNotFoundError, OSError) as e:
+        if sdata_table:
+            from spagraph.io.spatialdata import write_spatialdata_predictions
+            write_spatialdata_predictions(adata, slice_path, table_name=sdata_table)
+            typer.echo(f"table {sdata_table!r} written into {slice_path}")
+    except (ValueError, FileNotFoundError, OSError, ImportError) as e:
         _fail(str(e))
     t = res["table"]
     typer.echo(f"{len(models)} model(s); threshold {res['threshold']:.4f} ({res['threshold_method']}); "
@@ -260,9 +287,10 @@ def embed(path: Path = typer.Argument(..., help="her2st root, Space Ranger outs/
           progress: bool = typer.Option(True, "--progress/--no-progress")):
     """Embed one slice (image + genes) and write it as .h5ad; the gene encoder is fitted on this slice itself."""
     import yaml
+    from spagraph.utils import load_yaml
     from spagraph.embed import embed_slices
     from spagraph.io import read_slice
-    from spagraph.utils import atomic_path
+    from spagraph.utils import write_h5ad
     if out.suffix != ".h5ad":
         _fail(f"--out must end in .h5ad, got {out}")
     settings = {}
@@ -270,7 +298,10 @@ def embed(path: Path = typer.Argument(..., help="her2st root, Space Ranger outs/
         key, eq, val = item.partition("=")
         if not eq or not key.strip():
             _fail(f"--set expects key=value, got {item!r}")
-        settings[key.strip()] = yaml.safe_load(val)
+        try:
+            settings[key.strip()] = load_yaml(val, f"--set {item}")
+        except (yaml.YAMLError, ValueError) as e:
+            _fail(f"--set {item!r}: value is not valid YAML: {e}")
     none = ("none", "null", "")
     img = None if image_encoder.lower() in none else image_encoder
     gene = None if gene_encoder.lower() in none else gene_encoder
@@ -278,8 +309,7 @@ def embed(path: Path = typer.Argument(..., help="her2st root, Space Ranger outs/
     name = slice or (adata.uns.get("spagraph_slice", {}) or {}).get("library_id") or path.stem
     rep = embed_slices({str(name): adata}, fit_on=[str(name)], image_encoder=img, gene_encoder=gene,
                        settings=settings, cache_dir=cache_dir, progress=progress)
-    with atomic_path(out) as tmp:
-        adata.write_h5ad(tmp)
+    write_h5ad(adata, out)
     typer.echo(f"{name}: {adata.n_obs} spots; genes {rep['genes_used']} used of {rep['genes_shared']}")
     if gene:
         typer.echo(f"gene_emb ({gene}): {rep['d_gene']} dims, fitted on this slice itself "

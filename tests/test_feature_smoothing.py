@@ -57,12 +57,12 @@ def test_knn_edges_duplicates_small_slices_and_bad_input():
 
 def test_graph_gets_feature_edges_only_when_asked():
     a = _slice()
-    assert "edge_index_feat" not in build_slice_graph(a, GraphSettings([1.0, 2.0], 8))
-    g = build_slice_graph(a, GraphSettings([1.0, 2.0], 8, feature_knn=6))
+    assert "edge_index_feat" not in build_slice_graph(a, GraphSettings(scales=[1.0, 2.0], n_dir_bins=8))
+    g = build_slice_graph(a, GraphSettings(scales=[1.0, 2.0], n_dir_bins=8, feature_knn=6))
     assert np.array_equal(g.edge_index_feat.numpy(), feature_knn_edges(a.obsm["gene_emb"], 6))
     del a.obsm["gene_emb"]
     a.obsm["img_emb"] = np.random.default_rng(1).normal(size=(a.n_obs, 3)).astype(np.float32)
-    g = build_slice_graph(a, GraphSettings([1.0], 8, feature_knn=4))   # no genes: image neighbours
+    g = build_slice_graph(a, GraphSettings(scales=[1.0], n_dir_bins=8, feature_knn=4))   # no genes: image neighbours
     assert np.array_equal(g.edge_index_feat.numpy(), feature_knn_edges(a.obsm["img_emb"], 4))
 
 
@@ -108,7 +108,7 @@ def test_smoothing_limits():
 
 
 def test_model_scores_are_smoothed_and_tiles_equal_full():
-    g = build_slice_graph(_slice(n=20), GraphSettings([1.0, 2.0], 8, feature_knn=5))
+    g = build_slice_graph(_slice(n=20), GraphSettings(scales=[1.0, 2.0], n_dir_bins=8, feature_knn=5))
     torch.manual_seed(0)
     plain = SpaGraphNet(0, 5, 2, 8, ModelSettings(hidden=8, heads=2, linear_path=True)).eval()
     smooth = SpaGraphNet(0, 5, 2, 8, ModelSettings(hidden=8, heads=2, linear_path=True, feature_smoothing=0.5)).eval()
@@ -125,7 +125,7 @@ def test_model_scores_are_smoothed_and_tiles_equal_full():
 
 
 def test_missing_feature_edges_are_a_clear_error():
-    g = build_slice_graph(_slice(), GraphSettings([1.0], 8), name="S1")
+    g = build_slice_graph(_slice(), GraphSettings(scales=[1.0], n_dir_bins=8), name="S1")
     m = SpaGraphNet(0, 5, 1, 8, ModelSettings(hidden=8, heads=2, feature_smoothing=0.5)).eval()
     with pytest.raises(ValueError, match="S1.*edge_index_feat"):
         predict_scores(m, g)

@@ -44,7 +44,7 @@ def _mini_card(tmp_path, sha_override=None) -> Path:
 def test_every_card_loads_and_transfer_cards_exist():
     for name in ("her2st", "vihbc", "xehbc", "ducis", "crc", "st_colon"):
         c = load_card(name)
-        assert c.name == name and c.reader in ("her2st", "spaceranger", "h5ad")
+        assert c.name == name and c.reader in ("her2st", "spaceranger", "h5ad", "xenium")
     her = load_card("her2st")
     assert her.slices == ["A1", "B1", "C1", "D1", "E1", "F1", "G2", "H1"]
     assert len([f for f in her.files if f.path.startswith("counts/")]) == 8

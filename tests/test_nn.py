@@ -78,3 +78,29 @@ def test_tiled_inference_equals_full_graph():
     assert np.allclose(full, tiled, atol=1e-5)
     covered = np.concatenate([i.numpy() for _, i in iter_tiles(g, 4.0)])
     assert sorted(covered.tolist()) == list(range(g.num_nodes))
+
+
+@pytest.mark.parametrize("linear_path", [False, True])
+def test_reset_parameters_redraws_every_weight(linear_path):
+    g = small_graph()
+    s = ModelSettings(hidden=8, heads=2, linear_path=linear_path)
+    model = SpaGraphNet(g.x_img.shape[1], g.x_gene.shape[1], g.num_scales, g.n_dir_bins, s)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(123.0)
+    model.reset_parameters()
+    for name, p in model.named_parameters():
+        p, f = p.detach(), fresh[name]
+        # nothing left at the poisoned value (nn.MultiheadAttention's in_proj_weight used to be)
+        assert (p.abs() < 50).all(), name
+        if f.numel() < 2:
+            continue
+        if f.std() > 0:   # randomly initialised weights are random again, on the same scale
+            assert 0.2 < float(p.std() / f.std()) < 5, name
+        else:             # constant initialisations (zeros, ones) come back exactly
+            assert torch.equal(p, f), name
+    if linear_path:
+        assert torch.count_nonzero(model.head[-1].weight) == 0   # the deep part silent again
+    model.eval()
+    assert torch.isfinite(model(g)["logit"]).all()

@@ -70,7 +70,7 @@ def saved(tmp_path_factory, request):
     graphs = {}
     for n, a in slices.items():
         a.obsm["gene_emb"] = enc.transform(a)
-        graphs[n] = build_slice_graph(a, GraphSettings([1.0, 2.0], 4, feature_knn=knn), name=n)
+        graphs[n] = build_slice_graph(a, GraphSettings(scales=[1.0, 2.0], n_dir_bins=4, feature_knn=knn), name=n)
     res = fit([graphs["A"]], [graphs["B"]], model_settings(cfg), train_settings(cfg), seed=0)
     d = tmp_path_factory.mktemp("models") / "C_s0"
     save_model(res.model, cfg, graphs, fold, d, gene_encoder=enc, seed=0)

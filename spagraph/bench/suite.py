@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from spagraph.utils import atomic_path, atomic_write_json
+from spagraph.utils import atomic_path, atomic_write_json, load_yaml, read_json
 
 log = logging.getLogger("spagraph")
 
@@ -57,7 +57,7 @@ def load_suite(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"suite file not found: {path}")
     try:
-        suite = yaml.safe_load(path.read_text()) or {}
+        suite = load_yaml(path.read_text(), path) or {}      # duplicate keys refused
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(suite, dict) or not isinstance(suite.get("entries"), list) or not suite["entries"]:
@@ -143,7 +143,7 @@ def run_suite(suite_path: str | Path, out_dir: str | Path, only: list[str] | Non
         mpath = edir / "metrics.json"
         done = None
         if mpath.exists():
-            m = json.loads(mpath.read_text())
+            m = read_json(mpath, "suite entry metrics")
             if m.get("config_hash") == cfg.config_hash():
                 done = m
             else:
@@ -168,6 +168,6 @@ def run_suite(suite_path: str | Path, out_dir: str | Path, only: list[str] | Non
 def _hash_of(config_yaml: Path) -> str | None:
     from spagraph.experiment.config import validate_config
     try:
-        return validate_config(yaml.safe_load(config_yaml.read_text())).config_hash()
+        return validate_config(load_yaml(config_yaml.read_text(), config_yaml)).config_hash()
     except Exception:  # noqa: BLE001 - an unreadable old config simply means "not resumable"
         return None

@@ -28,7 +28,8 @@ every other slice is transformed with those statistics unchanged.
              ``coca_ViT-L-14`` from a local checkpoint ``omiclip_weights``.
 
 All encoders: ``fit(train_adatas, genes)``, ``transform(adata) -> (n, d) float32``,
-``state_dict()`` (plain python / numpy) and ``from_state_dict``.
+``state_dict()`` (plain python: str, numbers, lists, dicts; arrays as nested lists, so a saved
+``gene_encoder.pt`` loads with ``torch.load(weights_only=True)``) and ``from_state_dict``.
 """
 from __future__ import annotations
 
@@ -46,6 +47,11 @@ GENE_SETTINGS = {"n_hvg", "n_pcs", "slice_norm", "hvg_flavor", "min_detect", "dr
 KNOWN = ("hvg", "pca", "sentence", "omiclip")
 SLICE_NORMS = ("none", "zscore")
 SLICE_STD_FLOOR = 1e-3
+
+
+def _plain(a):
+    """A float32 array as nested python lists (exact: float32 -> float -> float32 round-trips)."""
+    return None if a is None else np.asarray(a, np.float32).tolist()
 
 
 def _slice_zscore(X: np.ndarray) -> np.ndarray:
@@ -180,7 +186,7 @@ class HVGEncoder:
         return {"kind": self.name, "n_hvg": self.n_hvg, "drop_housekeeping": self.drop_housekeeping,
                 "hvg_flavor": self.hvg_flavor, "min_detect": self.min_detect, "slice_norm": self.slice_norm,
                 "genes": list(self.genes), "lib_genes": None if self.lib_genes is None else list(self.lib_genes),
-                "mean": self.mean, "std": self.std}
+                "mean": _plain(self.mean), "std": _plain(self.std)}
 
     def _load(self, st: dict) -> None:
         self.genes, self.mean, self.std = list(st["genes"]), np.asarray(st["mean"], np.float32), np.asarray(st["std"], np.float32)
@@ -234,8 +240,8 @@ class PCAEncoder(HVGEncoder):
         return ((self._scaled(adata) - self.pc_mean) @ self.components.T).astype(np.float32)
 
     def state_dict(self) -> dict:
-        return super().state_dict() | {"kind": "pca", "n_pcs": self.n_pcs, "components": self.components,
-                                       "pc_mean": self.pc_mean}
+        return super().state_dict() | {"kind": "pca", "n_pcs": self.n_pcs, "components": _plain(self.components),
+                                       "pc_mean": _plain(self.pc_mean)}
 
     def _load(self, st: dict) -> None:
         super()._load(st)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
+from spagraph.utils import load_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
@@ -23,14 +24,39 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# Keys that once existed and were removed because nothing used them: accepted (and dropped) at
+# their old no-op value, so configs and saved models written before still load, refused otherwise.
+RETIRED = {"train": {"val_smoothing": 1, "focal_gamma": 0.0}, "model": {"feature_smoothing_steps": 1}}
+# Keys added later: left out of the config hash while at their default, so runs and saved models
+# from before they existed keep their hash (resume, suite reuse and load_model checks).
+ADDED_LATER = {"train": {"orient_augment": False}}
+
+
+def _drop_retired(section: str, data):
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for key, old in RETIRED[section].items():
+        if key in out:
+            if out[key] != old:
+                raise ValueError(f"{section}.{key} was removed (it was never used by an experiment); "
+                                 f"only its old no-op value {old!r} is still accepted, got {out[key]!r}")
+            out.pop(key)
+    return out
+
+
 class SliceSource(_Strict):
     """One source of slices.
 
     reader: ``her2st`` (root + names), ``spaceranger`` (path = outs/, optional annotation CSV),
-    ``h5ad`` (path), ``card`` (a dataset card from ``datasets/`` + the root it was fetched to), ``synthetic`` (generated: n_slices x n_spots, seed, optional batch effect).
+    ``h5ad`` (path), ``card`` (a dataset card from ``datasets/`` + the root it was fetched to), ``synthetic`` (generated: n_slices x n_spots, seed, optional batch effect),
+    ``xenium`` (path = Xenium output folder; ``bin_um`` + ``bins`` square / hex / cells, optional ``he_image`` +
+    ``he_alignment``), ``visium_hd`` (path = Space Ranger outs/; ``bin_um`` 2 / 8 / 16),
+    ``spatialdata`` (path = .zarr; optional ``table``, ``region``, ``annotation_key``).
+    ``annotation`` (CSV id,label) works for spaceranger, xenium (cell or pseudo-spot ids) and visium_hd.
     ``group`` tags slices for the transfer protocol (source / target).
     """
-    reader: Literal["her2st", "spaceranger", "h5ad", "synthetic", "card"]
+    reader: Literal["her2st", "spaceranger", "h5ad", "synthetic", "card", "xenium", "visium_hd", "spatialdata"]
     card: Optional[str] = None             # reader 'card': dataset card name (datasets/<card>.yaml) or path
     root: Optional[str] = None
     names: Optional[list[str]] = None
@@ -44,6 +70,13 @@ class SliceSource(_Strict):
     with_image: bool = True
     batch_effect: Optional[dict[str, float]] = None
     group: str = "default"
+    bin_um: Optional[float] = Field(None, gt=0)        # xenium (default 50) / visium_hd (default 16)
+    bins: Literal["square", "hex", "cells"] = "square"  # xenium pseudo-spot grid
+    he_image: Optional[str] = None                      # xenium: post-Xenium H&E ...
+    he_alignment: Optional[str] = None                  # ... and its 3x3 alignment CSV
+    table: Optional[str] = None                         # spatialdata: table name
+    region: Optional[str] = None                        # spatialdata: annotated shapes / points
+    annotation_key: Optional[str] = None                # spatialdata: obs column with label text
 
     @model_validator(mode="after")
     def _needs(self):
@@ -51,13 +84,15 @@ class SliceSource(_Strict):
             raise ValueError("reader 'her2st' needs 'root' (directory) and 'names' (list of slice names)")
         if self.reader == "card" and (not self.card or not self.root):
             raise ValueError("reader 'card' needs 'card' (dataset card name) and 'root' (where `spagraph fetch` put it)")
-        if self.reader in ("spaceranger", "h5ad") and not self.path:
+        if (self.he_image is None) != (self.he_alignment is None):
+            raise ValueError("he_image and he_alignment go together (the H&E and its 3x3 alignment CSV)")
+        if self.reader in ("spaceranger", "h5ad", "xenium", "visium_hd", "spatialdata") and not self.path:
             raise ValueError(f"reader '{self.reader}' needs 'path'")
         return self
 
 
 class DataConfig(_Strict):
-    sources: list[SliceSource]
+    sources: list[SliceSource] = Field(min_length=1)
     label_key: str = "cancer"
     train: Optional[list[str]] = None      # protocol 'fixed'
     validate_: Optional[list[str]] = Field(None, alias="validate")
@@ -125,7 +160,11 @@ class ModelConfig(_Strict):
     linear_fit: Literal["prior", "joint"] = "prior"
     linear_C: float = Field(0.01, gt=0)
     feature_smoothing: float = Field(0.0, ge=0, lt=1)   # alpha of score smoothing over edge_index_feat
-    feature_smoothing_steps: int = Field(1, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, data):
+        return _drop_retired("model", data)
 
     @model_validator(mode="after")
     def _heads(self):
@@ -140,8 +179,6 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(1e-2, ge=0)
     patience: int = Field(15, ge=1)
     min_epochs: int = Field(5, ge=1)
-    val_smoothing: int = Field(1, ge=1)
-    focal_gamma: float = Field(0.0, ge=0)
     class_weight: bool = True
     batch_mode: Literal["auto", "full", "tiles"] = "auto"
     max_full_nodes: int = Field(50_000, ge=1)
@@ -149,7 +186,23 @@ class TrainConfig(_Strict):
     device: str = "auto"
     ema_decay: float = Field(0.0, ge=0, lt=1)
     one_se_rule: bool = True
+    orient_augment: bool = False   # random cyclic shift + reflection of the direction bins per slice and step
     seeds: list[int] = Field(default_factory=lambda: [0])
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        if not v:
+            raise ValueError("train.seeds is empty: list at least one seed, e.g. seeds: [0] (one model per seed)")
+        dup = sorted({s for s in v if v.count(s) > 1})
+        if dup:
+            raise ValueError(f"train.seeds lists seed(s) {dup} more than once; each seed is one run")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, data):
+        return _drop_retired("train", data)
 
 
 class ProtocolConfig(_Strict):
@@ -213,6 +266,12 @@ class ExperimentConfig(_Strict):
     def config_hash(self) -> str:
         d = self.to_dict()
         d.pop("out", None); d.pop("track", None); d.pop("search", None)
+        for section, keys in RETIRED.items():      # hashes as before those keys were removed ...
+            d[section] = {**d[section], **keys}
+        for section, keys in ADDED_LATER.items():  # ... and before these were added (at their default)
+            for k, v in keys.items():
+                if d[section].get(k) == v:
+                    d[section].pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -230,9 +289,11 @@ def _compose(path: Path) -> tuple[Any, dict[tuple, str]]:
         raise ConfigError(f"{path}: cannot read the experiment file: {e}") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data = load_yaml(text, path)          # refuses duplicate keys, naming both lines
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     lines: dict[tuple, str] = {}
 
     def walk(n, prefix):
@@ -295,8 +356,8 @@ def parse_set(assignments: list[str] | None) -> list[tuple[list[str], Any]]:
         if not keys:
             raise ConfigError(f"--set {a!r}: empty key")
         try:
-            val = yaml.safe_load(v)
-        except yaml.YAMLError as e:
+            val = load_yaml(v, f"--set {a}")
+        except (yaml.YAMLError, ValueError) as e:
             raise ConfigError(f"--set {a!r}: value is not valid YAML: {e}") from None
         out.append((keys, val))
     return out

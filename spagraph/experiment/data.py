@@ -29,6 +29,20 @@ def load_source(src: SliceSource, base: Path | None = None) -> dict:
     if src.reader == "h5ad":
         p = resolve_path(src.path, base)
         return {src.name or p.stem: sio.read_h5ad(p)}
+    if src.reader in ("xenium", "visium_hd", "spatialdata"):
+        from spagraph.io.platforms import read_platform
+        p = resolve_path(src.path, base)
+        opt = {"annotation": resolve_path(src.annotation, base) if src.annotation else None}
+        if src.reader == "xenium":
+            opt.update(bin_um=src.bin_um or 50.0, grid=src.bins,
+                       he_image=resolve_path(src.he_image, base) if src.he_image else None,
+                       he_alignment=resolve_path(src.he_alignment, base) if src.he_alignment else None)
+        elif src.reader == "visium_hd":
+            opt.update(bin_um=int(src.bin_um or 16))
+        else:
+            opt = {"table": src.table, "region": src.region, "label_key": src.annotation_key}
+        default = p.parent.name if p.name == "outs" else p.name.split(".")[0]
+        return {src.name or default: read_platform(src.reader, p, **opt)}
     if src.reader == "card":
         from spagraph.io.cards import read_card
         return read_card(src.card, resolve_path(src.root, base), src.names)

@@ -36,21 +36,18 @@ class EpochCallback:
     def __call__(self, fold: str, seed: int, epoch: int, record: dict) -> None: ...
 
 
+# The library takes the validated config sections themselves (GraphSettings, ModelSettings and
+# TrainSettings are GraphConfig, ModelConfig and TrainConfig): one set of defaults.
 def graph_settings(cfg: ExperimentConfig):
-    from spagraph.graph import GraphSettings
-    return GraphSettings(**cfg.graph.model_dump())
+    return cfg.graph
 
 
 def model_settings(cfg: ExperimentConfig):
-    from spagraph.nn.model import ModelSettings
-    return ModelSettings(**cfg.model.model_dump())
+    return cfg.model
 
 
 def train_settings(cfg: ExperimentConfig):
-    from spagraph.train.fit import TrainSettings
-    d = cfg.train.model_dump()
-    d.pop("seeds")
-    return TrainSettings(**d)
+    return cfg.train
 
 
 def harmonise(graphs: list) -> None:
@@ -83,8 +80,11 @@ def embed_and_graph(cfg: ExperimentConfig, slices: dict, fold: Fold) -> tuple[di
 
 
 def fit_predict(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, on_epoch=None,
-                checkpoint: Path | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    """Train on fold.train (early stopping on fold.val) and score val + test slices."""
+                checkpoint: Path | None = None, stamp: dict | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Train on fold.train (early stopping on fold.val) and score val + test slices.
+
+    ``stamp`` (``config_hash``, ``config``, ``inputs``) is stored in every epoch checkpoint; a
+    checkpoint whose stamp differs is refused (one line, never a state-dict size mismatch)."""
     import torch
     from spagraph.train.fit import fit, predict_scores
     ts = train_settings(cfg)
@@ -96,12 +96,19 @@ def fit_predict(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, on_e
     init = None
     if checkpoint is not None and checkpoint.exists():
         init = torch.load(checkpoint, weights_only=False)
+        if stamp is not None:
+            from spagraph.experiment.resume import ResumeMismatch, config_diff
+            if init.get("config_hash", stamp["config_hash"]) != stamp["config_hash"] or \
+                    (init.get("inputs") and init.get("inputs") != stamp.get("inputs")):
+                diff = config_diff(init.get("config") or {}, stamp["config"]) or ["inputs changed"]
+                raise ResumeMismatch(f"checkpoint {checkpoint} was written with another config or other data "
+                                     f"({'; '.join(diff[:8])}); delete it or resume with --recompute-changed")
         log.info("resuming %s seed %d from epoch %d", fold.name, seed, init["epoch"] + 1)
 
     def hook(epoch, rec, state_fn):
         if checkpoint is not None:
             with atomic_path(checkpoint) as tmp:
-                torch.save(state_fn(), tmp)
+                torch.save(state_fn() | (stamp or {}), tmp)
         if on_epoch is not None:
             on_epoch(epoch, rec)
 
@@ -176,85 +183,124 @@ def check_inputs(cfg: ExperimentConfig) -> None:
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
                    on_epoch: Callable | None = None, tracker=None, base_dir: Path | None = None,
-                   write_maps: bool = True, save_models: bool = False) -> dict:
+                   write_maps: bool = True, save_models: bool = False, executor=None,
+                   recompute_changed: bool = False) -> dict:
     """Run all folds and seeds of an experiment and write its outputs to ``out_dir``.
 
-    ``on_epoch(fold_name, seed, epoch, record)`` is called after each epoch (Optuna pruning).
-    With ``resume``, finished (fold, seed) pairs found in ``out_dir/folds`` are reused and an
-    interrupted fit continues from its last epoch checkpoint.
+    Each (fold, seed) is one task (:func:`spagraph.experiment.tasks.fit_task`) run by ``executor``
+    (default :class:`~spagraph.experiment.executor.LocalExecutor`, in this process; a
+    ``RayExecutor`` runs them in parallel). A fold's embeddings and graphs are computed once (one
+    task per fold) and shared by its seeds. Each task writes its own atomic result
+    ``folds/<fold>_s<seed>.json`` + ``.csv``; the driver gathers results in fold x seed order, so
+    the outcome equals the sequential run.
+
+    ``on_epoch(fold_name, seed, epoch, record)`` is called after each epoch (Optuna pruning); with
+    Ray it runs inside the worker (it must be picklable). With ``resume``, finished (fold, seed)
+    pairs in ``out_dir/folds`` are reused and an interrupted fit continues from its last epoch
+    checkpoint, provided they were computed with this config and these inputs
+    (:mod:`spagraph.experiment.resume`); otherwise :class:`~spagraph.experiment.resume.ResumeMismatch`
+    names what differs, or with ``recompute_changed`` those tasks are recomputed.
     """
-    from spagraph.experiment.tracking import NullTracker
+    from spagraph.experiment.executor import LocalExecutor
     from spagraph.experiment.progress import RunProgress
+    from spagraph.experiment.resume import check_resume, input_digests
+    from spagraph.experiment.tasks import fit_task, prepare_fold, task_key, write_task_result
+    from spagraph.experiment.tracking import NullTracker
     check_inputs(cfg)
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "folds").mkdir(exist_ok=True)
     (out / "checkpoints").mkdir(exist_ok=True)
-    if not resume:
-        for f in list((out / "folds").glob("*")) + list((out / "checkpoints").glob("*")):
-            f.unlink()
-    dump_config(cfg, out / "config.yaml")
     tracker = tracker or NullTracker()
+    ex = executor or LocalExecutor()
     t0 = time.time()
     slices, groups = load_slices(cfg.data, base_dir)
     folds = plan_folds(cfg, list(slices), groups)
     seeds = list(cfg.train.seeds)
-    all_rows, all_preds, fold_reports = [], [], {}
+    if not seeds:
+        raise ValueError("train.seeds is empty: give at least one seed, e.g. train: {seeds: [0]}")
+    digests = input_digests(cfg, slices)
+    if resume:
+        check_resume(cfg, out, folds, seeds, digests, recompute_changed=recompute_changed)
+    else:
+        for f in list((out / "folds").glob("*")) + list((out / "checkpoints").glob("*")):
+            f.unlink()
+    dump_config(cfg, out / "config.yaml")
+    results: dict[tuple[str, int], dict] = {}
     step = 0
+    local = ex.kind == "local"
     with RunProgress(enabled=progress, n_runs=len(folds) * len(seeds), epochs=cfg.train.epochs) as prog:
+
+        def finished(i, res, _keys=None):
+            nonlocal step
+            write_task_result(out, res)          # no-op when the worker already wrote it (shared disk)
+            results[(res["fold_name"], res["seed"])] = res
+            if not local:                         # per-epoch records come back with the result
+                for rec in res.get("history") or []:
+                    tracker.log({f"{res['fold_name']}/{k}": v for k, v in rec.items() if v is not None and k != "epoch"} |
+                                {"fold": res["fold_name"], "seed": res["seed"], "epoch": rec.get("epoch")}, step=step)
+                    step += 1
+                log.info("finished %s seed %d (%d/%d)", res["fold_name"], res["seed"], len(results), len(folds) * len(seeds))
+            prog.end_run(res["rows"])
+
+        slices_h = ex.put(slices, name="slices")
+        handles = []
         for fold in folds:
-            todo = [s for s in seeds if not (resume and (out / "folds" / f"{_safe(fold.name)}_s{s}.json").exists())]
-            graphs = None
+            todo = [s for s in seeds if not (resume and (out / "folds" / f"{task_key(fold.name, s)}.json").exists())]
+            prep = None
             if todo:
-                graphs, report = embed_and_graph(cfg, slices, fold)
-                fold_reports[fold.name] = {"train": fold.train, "val": fold.val, "test": fold.test,
-                                           "embed": _jsonable(report)}
+                prep = ex.submit(prepare_fold, cfg, slices_h, fold, name=f"fold {fold.name}: embed + graph")
             for seed in seeds:
-                key = f"{_safe(fold.name)}_s{seed}"
-                jpath, cpath = out / "folds" / f"{key}.json", out / "folds" / f"{key}.csv"
+                key = task_key(fold.name, seed)
                 if seed not in todo:
-                    rec = json.loads(jpath.read_text())
-                    all_rows.extend(rec["rows"])
-                    fold_reports.setdefault(fold.name, rec.get("fold", {}))
-                    all_preds.append(pd.read_csv(cpath, dtype={"spot": str, "slice": str, "label": "Int8"},
-                                                 float_precision="round_trip"))   # byte-identical rewrite
+                    rec = json.loads((out / "folds" / f"{key}.json").read_text())
+                    results[(fold.name, seed)] = {"fold_name": fold.name, "seed": seed, "rows": rec["rows"],
+                                                  "fold": rec.get("fold", {}), "resumed": True, "key": key}
                     prog.advance_run(f"{fold.name} seed {seed} (resumed)")
                     continue
-                prog.start_run(f"{fold.name} seed {seed}")
+                hook = on_epoch
+                if local:
+                    prog.start_run(f"{fold.name} seed {seed}")
 
-                def hook(epoch, rec, _fold=fold.name, _seed=seed):
-                    nonlocal step
-                    prog.epoch(epoch, rec)
-                    tracker.log({f"{_fold}/{k}": v for k, v in rec.items() if v is not None and k != "epoch"} |
-                                {"fold": _fold, "seed": _seed, "epoch": epoch}, step=step)
-                    step += 1
-                    if on_epoch is not None:
-                        on_epoch(_fold, _seed, epoch, rec)
+                    def hook(_fold, _seed, epoch, rec):
+                        nonlocal step
+                        prog.epoch(epoch, rec)
+                        tracker.log({f"{_fold}/{k}": v for k, v in rec.items() if v is not None and k != "epoch"} |
+                                    {"fold": _fold, "seed": _seed, "epoch": epoch}, step=step)
+                        step += 1
+                        if on_epoch is not None:
+                            on_epoch(_fold, _seed, epoch, rec)
 
-                ckpt = out / "checkpoints" / f"{key}.pt"
-                scores, info = fit_predict(cfg, graphs, fold, seed, on_epoch=hook, checkpoint=ckpt)
-                rows, preds = score_fold(cfg, graphs, fold, seed, scores)
-                for r in rows:
-                    r["best_epoch"] = info.get("best_epoch")
-                    r["best_val_auc"] = info.get("best_val_auc")
-                    if info.get("kept_prior_by_se"):
-                        r["kept_prior_by_se"] = True
-                with atomic_path(cpath) as tmp:
-                    preds.to_csv(tmp, index=False)
-                atomic_write_json(jpath, {"rows": rows, "fold": fold_reports[fold.name]})
-                if save_models and info.get("model") is not None:
-                    from spagraph.train.saved import save_model
-                    save_model(info["model"], cfg, graphs, fold, out / "models" / key, slices=slices, base_dir=base_dir, seed=seed)
-                ckpt.unlink(missing_ok=True)
-                all_rows.extend(rows)
-                all_preds.append(preds)
-                prog.end_run(rows)
+                h = ex.submit(fit_task, cfg, prep, fold, seed, str(out), hook, digests,
+                              slices_h if save_models else None, base_dir, save_models,
+                              name=f"fold {fold.name} seed {seed}")
+                if local:
+                    ex.gather([h], finished)
+                else:
+                    handles.append(h)
+        if handles:
+            from spagraph.experiment.executor import TaskFailed
+            try:
+                ex.gather(handles, finished)
+            except TaskFailed as e:
+                raise TaskFailed(e.failures, hint=f"{len(results)} of {len(folds) * len(seeds)} fold/seed results "
+                                 f"are saved in {out / 'folds'}; fix the cause and rerun with --resume") from None
+    all_rows, all_preds, fold_reports = [], [], {}
+    for fold in folds:                      # fixed order: the outcome never depends on who finished first
+        for seed in seeds:
+            res = results[(fold.name, seed)]
+            fold_reports.setdefault(fold.name, res["fold"])
+            all_rows.extend(res["rows"])
+            all_preds.append(pd.read_csv(out / "folds" / f"{task_key(fold.name, seed)}.csv",
+                                         dtype={"spot": str, "slice": str, "label": "Int8"},
+                                         float_precision="round_trip"))   # byte-identical rewrite
     pred = pd.concat(all_preds, ignore_index=True)
     with atomic_path(out / "predictions.csv") as tmp:
         pred.to_csv(tmp, index=False)
     metrics = summarise(cfg, all_rows, fold_reports)
     metrics["undetermined_as_noncancer"] = secondary_undetermined_as_negative(pred, slices)
     metrics["wall_time_s"] = round(time.time() - t0, 2)
+    metrics["executor"] = ex.kind
     atomic_write_json(out / "metrics.json", metrics)
     maps = write_slice_maps(pred, slices, out / "maps") if write_maps else []
     tracker.log_table("per_slice_metrics", [{k: v for k, v in r.items() if k != "undefined"} for r in all_rows])

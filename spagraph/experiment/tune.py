@@ -2,9 +2,15 @@
 
 Objective = mean best-epoch *validation* AUC over the protocol's folds (validation = whole
 held-out training slices). Test slices are never scored during a trial: they are not
-predicted at all. For leave-one-slice-out, every slice still serves as some fold's
-validation slice, so a strictly nested estimate for a test slice X means tuning with
-``--exclude X`` and then running the best config; ``tune`` records what it excluded.
+predicted at all.
+
+Nested by default: under leave-one-slice-out every slice is some fold's validation slice, so one
+study over all folds would choose with the test sections' labels. Instead there is one study per
+*outer* test slice X (``<name>-outer-X`` in the storage), whose folds are the leave-one-slice-out
+folds of the other slices only: X is never loaded into its trials (its labels cannot move a
+trial value; ``tests/test_tune.py`` shuffles them to check). Each writes ``best_<X>.yaml``: the
+configuration to run for test slice X. ``nested=False`` runs the old single study over all folds
+(``best.yaml``), which is not an honest basis for a test estimate under LOSO.
 
 Resumable: the study lives in ``--storage`` (sqlite); rerunning the same command continues
 it (trials left RUNNING by a killed process are marked FAIL and redone).
@@ -67,13 +73,13 @@ def _absolute_sources(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
 
 def tune(config: str | Path, trials: int, storage: str, out: str | Path, overrides: list[str] | None = None,
          exclude: list[str] | None = None, seed: int = 0, max_folds: int | None = None,
-         progress: bool = True) -> dict:
-    """Run (or continue) a study until it holds ``trials`` finished trials; write best.yaml + plots."""
-    import optuna
-    from spagraph.experiment.data import load_slices, plan_folds
-    from spagraph.experiment.runner import embed_and_graph, model_settings, train_settings
-    from spagraph.experiment.tracking import make_tracker
-    from spagraph.train.fit import fit
+         progress: bool = True, nested: bool = True, outer: list[str] | None = None) -> dict:
+    """Run (or continue) the study (nested: one study per outer test slice) until each holds
+    ``trials`` finished trials; write best.yaml (or best_<outer>.yaml), study.json and plots.
+
+    ``outer``: nested only, the outer test slices to tune for (default: every slice).
+    """
+    from spagraph.experiment.data import load_slices
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,12 +92,52 @@ def tune(config: str | Path, trials: int, storage: str, out: str | Path, overrid
         if x not in slices:
             raise ConfigError(f"--exclude {x}: no such slice; slices are {list(slices)}")
         slices.pop(x); groups.pop(x)
+    if not nested or cfg.protocol.kind != "loso":
+        # fixed / transfer folds never score their test slices in a trial: one study is nested already
+        summary = _study(cfg, slices, groups, cfg.name, storage, trials, out, "best.yaml", seed, max_folds, progress)
+        summary.update({"excluded": exclude or [], "nested": cfg.protocol.kind != "loso"})
+        atomic_write_json(out / "study.json", summary)
+        return summary
+    names = list(slices)
+    for x in outer or []:
+        if x not in slices:
+            raise ConfigError(f"--outer {x}: no such slice; slices are {names}")
+    per_outer = {}
+    for x in outer or names:
+        inner = {n: slices[n] for n in names if n != x}   # the outer test slice is not even loaded
+        per_outer[x] = _study(cfg, inner, {n: groups[n] for n in inner}, f"{cfg.name}-outer-{x}", storage, trials,
+                              out, f"best_{_safe(x)}.yaml", seed, max_folds, progress, header=f"# outer test slice: {x}\n")
+    summary = {"study": cfg.name, "storage": storage, "nested": True, "excluded": exclude or [],
+               "objective": "per outer test slice: mean best-epoch validation AUC over the leave-one-slice-out "
+                            "folds of the other slices (the outer slice never loaded)",
+               "outer": per_outer,
+               "best_value": float(np.mean([v["best_value"] for v in per_outer.values()])),
+               "best_trial": None,
+               "n_complete": sum(v["n_complete"] for v in per_outer.values()),
+               "n_pruned": sum(v["n_pruned"] for v in per_outer.values())}
+    atomic_write_json(out / "study.json", summary)
+    return summary
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+
+
+def _study(cfg: ExperimentConfig, slices: dict, groups: dict, study_name: str, storage: str, trials: int,
+           out: Path, best_file: str, seed: int, max_folds: int | None, progress: bool, header: str = "") -> dict:
+    """One Optuna study over the protocol's folds of ``slices``; writes ``out/best_file`` and a plot."""
+    import optuna
+    from spagraph.experiment.data import plan_folds
+    from spagraph.experiment.runner import embed_and_graph, model_settings, train_settings
+    from spagraph.experiment.tracking import make_tracker
+    from spagraph.train.fit import fit
+
     folds = plan_folds(cfg, list(slices), groups)[: max_folds or None]
     graph_cache: dict = {}
     embed_keys = [k for k in cfg.search if k.split(".")[0] in ("embed", "graph")]
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=cfg.name, storage=storage, load_if_exists=True, direction="maximize",
+    study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=5))
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -99,14 +145,14 @@ def tune(config: str | Path, trials: int, storage: str, out: str | Path, overrid
     done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
                                                         optuna.trial.TrialState.PRUNED)))
     todo = max(0, trials - done)
-    log.info("study %s: %d finished trials, running %d more", cfg.name, done, todo)
+    log.info("study %s: %d finished trials, running %d more", study_name, done, todo)
 
     def objective(trial):
         params = {k: _suggest(trial, k, p) for k, p in cfg.search.items()}
         tcfg = apply_params(cfg, params)
         seed0 = tcfg.train.seeds[0]
         tracker = make_tracker(tcfg.track, tcfg.to_dict() | {"trial": trial.number}, out,
-                               name=f"{cfg.name}-trial{trial.number}", group=f"optuna-{cfg.name}", job_type="trial")
+                               name=f"{study_name}-trial{trial.number}", group=f"optuna-{cfg.name}", job_type="trial")
         aucs = []
         try:
             for fi, fold in enumerate(folds):
@@ -137,23 +183,22 @@ def tune(config: str | Path, trials: int, storage: str, out: str | Path, overrid
         study.optimize(objective, n_trials=todo, show_progress_bar=progress, catch=())
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
     if not complete:
-        raise RuntimeError("no trial completed: see the log above")
+        raise RuntimeError(f"study {study_name}: no trial completed: see the log above")
     best = study.best_trial
     best_cfg = apply_params(cfg, best.params)
     d = best_cfg.to_dict()
     d["name"] = f"{cfg.name}_best"
-    header = (f"# best of Optuna study '{cfg.name}' ({len(complete)} complete trials), trial {best.number}:\n"
-              f"# mean validation AUC {best.value:.4f}; params {best.params}\n"
-              f"# excluded slices: {exclude or []}\n")
-    atomic_write_text(out / "best.yaml", header + yaml.safe_dump(d, sort_keys=False))
-    summary = {"study": cfg.name, "storage": storage, "n_complete": len(complete),
-               "n_pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
-               "best_value": best.value, "best_params": best.params, "best_trial": best.number,
-               "objective": "mean best-epoch validation AUC over folds (test slices never scored)",
-               "excluded": exclude or []}
-    atomic_write_json(out / "study.json", summary)
-    _plot_study(study, out / "study.png")
-    return summary
+    head = (f"# best of Optuna study '{study_name}' ({len(complete)} complete trials), trial {best.number}:\n"
+            f"# mean validation AUC {best.value:.4f}; params {best.params}\n"
+            f"# slices in the study: {list(slices)}\n" + header)
+    atomic_write_text(out / best_file, head + yaml.safe_dump(d, sort_keys=False))
+    _plot_study(study, out / (Path(best_file).stem.replace("best", "study", 1) + ".png"))
+    return {"study": study_name, "storage": storage, "n_complete": len(complete),
+            "n_pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+            "best_value": best.value, "best_params": best.params, "best_trial": best.number,
+            "best_config": str(out / best_file), "slices": list(slices),
+            "trial_values": [t.value for t in complete],
+            "objective": "mean best-epoch validation AUC over folds (test slices never scored)"}
 
 
 def _plot_study(study, path: Path) -> None:

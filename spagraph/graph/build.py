@@ -1,32 +1,20 @@
 """AnnData slice (with embeddings) -> ``torch_geometric.data.Data``."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 from torch_geometric.data import Data
 
+from spagraph.experiment.config import GraphConfig
 from spagraph.graph.neighbours import feature_knn_edges, multiscale_edges, spot_pitch
 
 
-@dataclass
-class GraphSettings:
-    """How a slice becomes a graph.
-
-    scales : neighbourhood radii in spot pitches (median nearest-neighbour distance).
-    n_dir_bins : direction sectors B of the neighbour offset angle.
-    shells : rings instead of discs (each scale only adds the spots beyond the previous one).
-    feature_knn : > 0 also links every spot to its ``feature_knn`` nearest neighbours in
-        embedding space within the slice (``edge_index_feat``; no labels involved).
-    feature_knn_on : which embedding defines those neighbours: "gene" or "img" (the other one
-        when the slice lacks it).
-    """
-    scales: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0])
-    n_dir_bins: int = 8
-    shells: bool = False
-    feature_knn: int = 0
-    feature_knn_on: str = "gene"
+# How a slice becomes a graph: the validated ``graph:`` section of an experiment (one set of
+# defaults). scales: neighbourhood radii in spot pitches (median nearest-neighbour distance);
+# n_dir_bins: direction sectors B of the neighbour offset angle; shells: rings instead of discs;
+# feature_knn > 0: also link every spot to its nearest neighbours in embedding space within the
+# slice (``edge_index_feat``, no labels involved); feature_knn_on: "gene" or "img" defines them.
+GraphSettings = GraphConfig
 
 
 def build_slice_graph(adata, settings: GraphSettings | None = None, img_key: str = "img_emb",
@@ -45,8 +33,8 @@ def build_slice_graph(adata, settings: GraphSettings | None = None, img_key: str
         ``x_gene`` (n, d_gene) float32 (zeros (n, 0) when absent), ``x_img`` (n, d_img) float32
         (zeros (n, 0) when the slice has no image), ``has_img`` / ``has_gene`` (n,) bool,
         ``pos`` (n, 2) in pitch units, ``y`` (n,) float32 with NaN for undetermined,
-        ``label_mask`` (n,) bool, and per scale k: ``edge_index_k`` (2, e_k), ``edge_dir_k`` (e_k,),
-        ``edge_dist_k`` (e_k,); with ``settings.feature_knn`` > 0 ``edge_index_feat`` (2, n * k) from
+        ``label_mask`` (n,) bool, and per scale k: ``edge_index_k`` (2, e_k), ``edge_dir_k`` (e_k,);
+        with ``settings.feature_knn`` > 0 ``edge_index_feat`` (2, n * k) from
         each spot's nearest neighbours in embedding space; ``num_scales``, ``n_dir_bins``,
         ``pitch`` (original units), ``spot_ids``.
     """
@@ -83,7 +71,6 @@ def build_slice_graph(adata, settings: GraphSettings | None = None, img_key: str
     for k, e in enumerate(edges):
         data[f"edge_index_{k}"] = torch.from_numpy(e["edge_index"])
         data[f"edge_dir_{k}"] = torch.from_numpy(e["dir"])
-        data[f"edge_dist_{k}"] = torch.from_numpy(e["dist"])
     if settings.feature_knn > 0:
         if settings.feature_knn_on not in ("gene", "img"):
             raise ValueError(f"feature_knn_on must be 'gene' or 'img', got {settings.feature_knn_on!r}")

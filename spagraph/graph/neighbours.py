@@ -64,8 +64,7 @@ def direction_bins(offset: np.ndarray, n_bins: int) -> np.ndarray:
 
 
 def multiscale_edges(pos: np.ndarray, scales: list[float], n_bins: int = 8,
-                     pitch: float | None = None, shells: bool = False,
-                     self_loops: bool = False) -> list[dict[str, np.ndarray]]:
+                     pitch: float | None = None, shells: bool = False) -> list[dict[str, np.ndarray]]:
     """Directed neighbour edges for each scale.
 
     Scale ``s`` links every pair of spots closer than ``s * pitch * RADIUS_TOLERANCE``
@@ -100,7 +99,7 @@ def multiscale_edges(pos: np.ndarray, scales: list[float], n_bins: int = 8,
     src_all, dst_all = src_all[order], dst_all[order]
     d_all = np.concatenate([d, d])[order]
     del d, order
-    bins_all = direction_bins(pos[src_all] - pos[dst_all], n_bins) if not self_loops else None
+    bins_all = direction_bins(pos[src_all] - pos[dst_all], n_bins)
     out = []
     prev_r = -1.0
     for s in scales:
@@ -112,17 +111,7 @@ def multiscale_edges(pos: np.ndarray, scales: list[float], n_bins: int = 8,
         everything = bool(keep.all())
         src, dst = (src_all, dst_all) if everything else (src_all[keep], dst_all[keep])
         dist = d_all.astype(np.float32) if everything else d_all[keep].astype(np.float32)
-        if self_loops:
-            n = len(pos)
-            src = np.concatenate([src, np.arange(n)])
-            dst = np.concatenate([dst, np.arange(n)])
-            dist = np.concatenate([dist, np.zeros(n, np.float32)])
-            order = np.lexsort((src, dst))
-            src, dst, dist = src[order], dst[order], dist[order]
-            bins = direction_bins(pos[src] - pos[dst], n_bins)
-            bins[src == dst] = 0
-        else:
-            bins = bins_all if everything else bins_all[keep]
+        bins = bins_all if everything else bins_all[keep]
         out.append({"edge_index": np.stack([src, dst]).astype(np.int64), "dir": bins, "dist": dist})
     return out
 

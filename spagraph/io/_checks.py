@@ -35,31 +35,17 @@ def read_table(path: Path, required: list[str] | None = None, what: str = "table
     return df
 
 
-def check_counts(X: np.ndarray, path: Path, spots) -> sp.csr_matrix:
-    """Counts must be finite, non-negative integers; returns CSR float32."""
+def check_counts(X: np.ndarray, path: Path, spots, values: bool = True, genes=None) -> sp.csr_matrix:
+    """A numeric, non-empty count matrix as CSR float32. With ``values`` also finite, non-negative
+    integers (:func:`spagraph.io.validate.check_counts_matrix`; readers leave that to ``check_slice``)."""
     X = np.asarray(X)
     if X.size == 0 or X.shape[0] == 0:
         raise ValueError(f"{path}: no spots in the count matrix (empty slice)")
     if not np.issubdtype(X.dtype, np.number):
         raise ValueError(f"{path}: count matrix holds non-numeric values")
-    bad = ~np.isfinite(X)
-    if bad.any():
-        r = int(np.argwhere(bad)[0, 0])
-        raise ValueError(f"{path}: NaN/Inf counts ({int(bad.sum())} values), first at spot {spots[r]!r}")
-    if (X < 0).any():
-        r = int(np.argwhere(X < 0)[0, 0])
-        raise ValueError(f"{path}: negative counts ({int((X < 0).sum())} values), first at spot {spots[r]!r}")
-    frac = X != np.round(X)
-    if frac.any():
-        r = int(np.argwhere(frac)[0, 0])
-        raise ValueError(f"{path}: non-integer counts ({int(frac.sum())} values), first at spot {spots[r]!r}; "
-                         "spagraph expects raw UMI counts")
-    zero = X.sum(1) == 0
-    if zero.any():
-        # policy: zero-count spots are kept (they are real spots under tissue; the gene encoders
-        # normalise by max(library size, 1)), and reported so the user can filter them.
-        ids = [spots[i] for i in np.flatnonzero(zero)[:5]]
-        warnings.warn(f"{path}: {int(zero.sum())} spot(s) have zero counts in every gene, kept, e.g. {ids}")
+    if values:
+        from spagraph.io.validate import check_counts_matrix
+        check_counts_matrix(X, str(path), spots, genes)
     return sp.csr_matrix(X.astype(np.float32))
 
 

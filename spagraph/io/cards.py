@@ -13,7 +13,7 @@ from spagraph.io.labels import LabelSchema
 #: Where the cards shipped with spagraph live (repository root / datasets).
 CARDS_DIR = Path(__file__).resolve().parents[2] / "datasets"
 
-READERS = ("her2st", "spaceranger", "h5ad", "xenium")
+READERS = ("her2st", "spaceranger", "h5ad", "xenium", "visium_hd", "spatialdata")
 
 
 class CardFile(BaseModel):
@@ -24,6 +24,10 @@ class CardFile(BaseModel):
         URL is known (the file must be put in place by hand).
     sha256 : hex digest of the file as stored locally (``None``: not known yet; fetch prints it).
     optional : a missing optional file is skipped with a warning instead of an error.
+    instructions : how to get a file that has no direct URL (login, form, manual export); printed by
+        ``spagraph fetch`` together with the exact destination path.
+    unpack : after the file is in place (and verified), unpack this archive (.zip / .tar.gz) into this
+        folder under the destination (relative); skipped when the folder already holds files.
     """
     model_config = ConfigDict(extra="forbid")
     path: str
@@ -31,10 +35,14 @@ class CardFile(BaseModel):
     sha256: Optional[str] = None
     size: Optional[int] = None
     optional: bool = False
+    instructions: Optional[str] = None
+    unpack: Optional[str] = None
 
-    @field_validator("path")
+    @field_validator("path", "unpack")
     @classmethod
-    def _relative(cls, v: str) -> str:
+    def _relative(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
         p = Path(v)
         if p.is_absolute() or ".." in p.parts or not v.strip():
             raise ValueError(f"file path {v!r} must be relative to the destination, without '..'")
@@ -68,6 +76,8 @@ class DatasetCard(BaseModel):
     slices: list[str] = Field(default_factory=list)
     layout: dict[str, str] = Field(default_factory=dict)
     label_mapping: Optional[dict] = None
+    reader_options: dict = Field(default_factory=dict)   # keyword arguments of the reader (e.g. bin_um, grid)
+    annotation: Optional[str] = None                     # per-slice annotation CSV under the root, "{slice}" expands
     files: list[CardFile]
     notes: str = ""
 
@@ -104,9 +114,10 @@ def find_card(name_or_path: str | Path) -> Path:
 def load_card(name_or_path: str | Path) -> DatasetCard:
     """Read and validate a dataset card; errors name the card file and the bad field."""
     import yaml
+    from spagraph.utils import load_yaml
     path = find_card(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"), path)     # duplicate keys refused
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -159,8 +170,24 @@ def read_card(card: str | Path, root: str | Path, slices: list[str] | None = Non
         from spagraph.io.readers import read_spaceranger
         out = {}
         for s in names:
-            ann = root / s / "annotation.csv"
+            ann = root / (c.annotation or "{slice}/annotation.csv").format(slice=s)
             out[s] = read_spaceranger(root / s, annotation_csv=ann if ann.exists() else None,
                                       label_schema=schema, library_id=s)
+        return out
+    if c.reader in ("xenium", "visium_hd", "spatialdata"):
+        from spagraph.io.platforms import read_platform
+        out = {}
+        for s in names:
+            opt = dict(c.reader_options)
+            for k in ("he_image", "he_alignment"):
+                if k in opt:
+                    opt[k] = root / str(opt[k]).format(slice=s)
+            if c.reader != "spatialdata":
+                ann = root / (c.annotation or "{slice}/annotation.csv").format(slice=s)
+                opt["annotation"] = ann if ann.exists() else None
+                opt["label_schema"] = schema
+            else:
+                opt["label_schema"] = schema
+            out[s] = read_platform(c.reader, root / (s if c.reader != "spatialdata" else f"{s}.zarr"), library_id=s, **opt)
         return out
     raise ValueError(f"card {c.name!r}: reader {c.reader!r} has no loader in spagraph.io yet")

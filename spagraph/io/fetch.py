@@ -187,11 +187,62 @@ def fetch_dataset(name_or_card: str | Path, dest: str | Path, mirror: str | Path
                 warnings.warn(f"{target}: card {card.name!r} has no sha256 for this file; downloaded sha256 = {digest}")
             status[f.path] = "downloaded"
             log.info("fetched %s", target)
+    for f in files:
+        if f.unpack and status.get(f.path) in ("present", "downloaded"):
+            if unpack_archive(dest / f.path, dest / f.unpack):
+                status[f.path] += "+unpacked"
     if no_url:
-        raise ValueError(f"card {card.name!r}: {len(no_url)} required file(s) have no public URL and are not in "
-                         f"{dest}: {no_url[:5]}" + (" (the card says available_here: false)" if not card.available_here
-                                                    else "") + "; put them there by hand and fetch again to verify")
+        by_path = {f.path: f for f in files}
+        steps = "\n".join(f"  - put it at {dest / p}" + (f"\n    how: {by_path[p].instructions}" if by_path[p].instructions
+                                                          else "") for p in no_url)
+        raise ValueError(f"card {card.name!r}: {len(no_url)} required file(s) have no direct public URL and are not in "
+                         f"{dest}" + (" (the card says available_here: false)" if not card.available_here else "") +
+                         f":\n{steps}\nthen run `spagraph fetch {card.name} --dest {dest}` again to verify and unpack")
     return status
+
+
+def unpack_archive(archive: Path, into: Path) -> bool:
+    """Unpack a .zip / .tar(.gz) into ``into`` (once: a ``.unpacked-<archive>`` marker records it);
+    members that would land outside ``into`` (absolute paths, ``..``, links) are refused. Unpacked
+    into a temporary folder first, then moved in, so a failure leaves nothing half-unpacked; an
+    archive that wraps everything in one folder (``outs/``, ``spatial/`` ...) is unwrapped.
+    Returns True when it unpacked."""
+    import shutil
+    import tarfile
+    import tempfile
+    import zipfile
+    marker = into / f".unpacked-{archive.name}"
+    if marker.exists():
+        return False
+    into.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=into))
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as z:
+                for name in z.namelist():
+                    p = Path(name)
+                    if p.is_absolute() or ".." in p.parts:
+                        raise ValueError(f"{archive}: member {name!r} would land outside {into}; not unpacked")
+                z.extractall(tmp)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as t:
+                t.extractall(tmp, filter="data")      # refuses absolute paths, '..' and links outside
+        else:
+            raise ValueError(f"{archive}: not a .zip or .tar archive; cannot unpack into {into}")
+        top = tmp
+        kids = list(tmp.iterdir())
+        if len(kids) == 1 and kids[0].is_dir() and kids[0].name in (into.name, "outs"):
+            top = kids[0]
+        for child in list(top.iterdir()):
+            target = into / child.name
+            if target.exists():
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            os.replace(child, target)
+        marker.write_text(f"{archive.name}\n")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("unpacked %s into %s", archive, into)
+    return True
 
 
 def _names_slice(path: str, slice_name: str) -> bool:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from spagraph.io._checks import check_counts, check_positions, parse_array_ids, read_table, sum_duplicate_genes, unique_spots
 from spagraph.io.labels import HER2ST, LabelSchema
+from spagraph.io.validate import check_slice
 
 log = logging.getLogger("spagraph")
 
@@ -36,23 +37,23 @@ def _load_image(path: Path, fullres_width: int | None):
     sits in memory at full resolution.
     """
     from PIL import Image, UnidentifiedImageError
+    from spagraph.io.validate import read_image_rgb8
     Image.MAX_IMAGE_PIXELS = None
     try:
         with Image.open(path) as im:
             w, h = im.size
-            full_w = fullres_width or w
-            # a shipped downscale (known full-res width) is kept as it is; a full-res file is
-            # reduced to HIRES_MAX_SIDE (encoders read the full-res file through image_path)
-            f = 1.0 if fullres_width else min(1.0, HIRES_MAX_SIDE / max(w, h))
-            tw, th = max(1, round(w * f)), max(1, round(h * f))
-            if f < 1.0:
-                im.draft("RGB", (tw, th))       # JPEG: decode at 1/2, 1/4 or 1/8 scale (>= target)
-            im = im.convert("RGB")
-            if im.size != (tw, th):
-                im = im.resize((tw, th), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"{path}: not a readable image: {e}") from None
+    full_w = fullres_width or w
+    # a shipped downscale (known full-res width) is kept as it is; a full-res file is
+    # reduced to HIRES_MAX_SIDE (encoders read the full-res file through image_path)
+    f = 1.0 if fullres_width else min(1.0, HIRES_MAX_SIDE / max(w, h))
+    tw, th = max(1, round(w * f)), max(1, round(h * f))
+    # JPEG: decode at 1/2, 1/4 or 1/8 scale (>= target); 16-bit grey is rescaled, never clipped
+    im = read_image_rgb8(path, draft_size=(tw, th) if f < 1.0 else None)
+    if im.size != (tw, th):
+        im = im.resize((tw, th), Image.BILINEAR)
+    arr = np.asarray(im, dtype=np.uint8)
     return arr, float(tw / full_w), (full_w, round(h * full_w / w))
 
 
@@ -80,13 +81,29 @@ def read_her2st(root: str | Path, slice_name: str, label_schema: LabelSchema | d
     counts.columns = _raw_header(cpath, counts.columns)
     unique_spots(counts.index, cpath)
     arr = parse_array_ids(counts.index, cpath)
-    X = check_counts(counts.to_numpy(), cpath, counts.index)
+    X = check_counts(counts.to_numpy(), cpath, counts.index, values=False)   # values: check_slice below
     X, genes = sum_duplicate_genes(X, counts.columns, cpath)
 
     spath = root / "spots" / f"{slice_name}_selection.tsv"
     sel = read_table(spath, ["x", "y", "pixel_x", "pixel_y"], what="spot selection", sep="\t")
-    sel.index = sel["x"].astype(int).astype(str) + "x" + sel["y"].astype(int).astype(str)
-    sel = sel[~sel.index.duplicated()]
+    sel = _selection_rows(sel, spath)
+    if "selected" in sel:
+        flag = pd.to_numeric(sel["selected"], errors="coerce")
+        if flag.isna().any() or not flag.isin((0, 1)).all():
+            i = int(np.flatnonzero(~flag.isin((0, 1)).to_numpy())[0])
+            raise ValueError(f"{spath}: row {int(sel['_line'].iloc[i])}: selected = {sel['selected'].iloc[i]!r}; "
+                             "expected 1 (spot under tissue) or 0 (not selected)")
+        off = sel.index[(flag == 0).to_numpy()]
+        drop = counts.index.isin(off)
+        if drop.any():
+            msg = (f"{spath}: {int(drop.sum())} spot(s) marked selected = 0 dropped (not under tissue), "
+                   f"e.g. {list(counts.index[drop][:5])}")
+            log.info(msg)
+            warnings.warn(msg)
+            counts = counts.loc[~drop]
+            arr, X = arr[~drop], X[np.flatnonzero(~drop)]
+        if counts.shape[0] == 0:
+            raise ValueError(f"{cpath}: every spot is marked selected = 0 in {spath}: no spot left")
     missing = counts.index[~counts.index.isin(sel.index)]
     if len(missing):
         raise ValueError(f"{cpath}: {len(missing)} spot(s) have counts but no row in {spath}, e.g. {list(missing[:5])}")
@@ -125,7 +142,33 @@ def read_her2st(root: str | Path, slice_name: str, label_schema: LabelSchema | d
     a.uns["spagraph_slice"] = {"library_id": slice_name, "platform": "legacy_st", "source": str(root),
                                "has_image": bool(images), **({"image_path": image_path} if image_path else {})}
     _attach_clusters(a, root / "clusters" / f"{slice_name}-cluster-annotation.tsv.gz")
-    return a
+    img_file = next((root / "images" / f"{slice_name}.{e}" for e in ("png", "jpg", "jpeg", "tif", "tiff")
+                     if (root / "images" / f"{slice_name}.{e}").exists()), None)
+    return check_slice(a, source=root, files={"counts": cpath, "positions": spath, "image": img_file,
+                                              "labels": root / "labels" / f"{slice_name}_labeled_coordinates.tsv",
+                                              "scalefactors": img_file or spath})
+
+
+def _selection_rows(sel: pd.DataFrame, spath: Path) -> pd.DataFrame:
+    """Index the selection table by spot id ``<x>x<y>``. A spot listed twice with the same pixel
+    position keeps one row; with different positions it is an error naming both rows."""
+    sel = sel.copy()
+    sel["_line"] = np.arange(len(sel)) + 2            # file line (header is line 1)
+    try:
+        sel.index = sel["x"].astype(float).astype(int).astype(str) + "x" + sel["y"].astype(float).astype(int).astype(str)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{spath}: columns x / y must be integer array coordinates: {e}") from None
+    dup = sel.index.duplicated(keep=False)
+    if dup.any():
+        pix = sel[["pixel_x", "pixel_y"]].apply(pd.to_numeric, errors="coerce")
+        for sid, grp in pix[dup].groupby(level=0, sort=False):
+            if not np.allclose(grp.to_numpy(), grp.to_numpy()[:1], atol=1e-6, equal_nan=True):
+                lines = sel.loc[sid, "_line"].tolist()
+                raise ValueError(f"{spath}: spot {sid} is listed twice with different pixel positions: rows "
+                                 f"{lines[0]} ({grp.iloc[0, 0]:g}, {grp.iloc[0, 1]:g}) and {lines[1]} "
+                                 f"({grp.iloc[1, 0]:g}, {grp.iloc[1, 1]:g}); expected one row per spot")
+        sel = sel[~sel.index.duplicated()]
+    return sel
 
 
 def _raw_header(path: Path, parsed: pd.Index) -> pd.Index:

@@ -5,6 +5,22 @@ import torch
 from torch import Tensor, nn
 
 
+def reset_all(module: nn.Module) -> None:
+    """Call ``reset_parameters`` of every sub-module of ``module`` that has one (not ``module``
+    itself), then ``_reset_parameters`` of every ``nn.MultiheadAttention`` (its in-projections
+    and zero biases), in the order construction initialises them."""
+    attn = []
+    for m in module.modules():
+        if m is module:
+            continue
+        if isinstance(m, nn.MultiheadAttention):
+            attn.append(m)
+        elif hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    for m in attn:
+        m._reset_parameters()
+
+
 class CrossModalFusion(nn.Module):
     """Per-modality transformer over [self, scale 1..S] tokens, then image<->gene cross-attention.
 
@@ -32,9 +48,10 @@ class CrossModalFusion(nn.Module):
         self.norm_img, self.norm_gene = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
 
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if m is not self and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+        """Re-draw every weight as at construction: the transformer layers' linear maps and norms,
+        and both attentions' input projections (``nn.MultiheadAttention`` names that
+        ``_reset_parameters``; it runs after its ``out_proj`` so the output bias is zero again)."""
+        reset_all(self)
 
     def forward(self, img: Tensor, gene: Tensor, m_img: Tensor, m_gene: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         img, gene = self.enc_img(img), self.enc_gene(gene)

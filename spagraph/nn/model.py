@@ -1,36 +1,19 @@
 """SpaGraphNet: MSFA token streams per modality, cross-modal fusion, classification head."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
+from spagraph.experiment.config import ModelConfig
 from spagraph.nn.disc_mean import with_disc_means
 from spagraph.nn.feature_smoothing import FeatureGraphSmoothing, feature_edges
-from spagraph.nn.fusion import CrossModalFusion
+from spagraph.nn.fusion import CrossModalFusion, reset_all
 from spagraph.nn.msfa import MSFAConv
 
 
-@dataclass
-class ModelSettings:
-    hidden: int = 64
-    heads: int = 4
-    layers: int = 1            # transformer layers per modality
-    dropout: float = 0.2
-    n_modes: int = 2           # MSFA direction modes
-    msfa: bool = True          # False: self token only (ablation "no MSFA")
-    cross_attention: bool = True  # False: concat fusion (ablation)
-    contrastive_weight: float = 0.1
-    temperature: float = 0.1
-    modality_dropout: float = 0.2
-    input_dropout: float = 0.1
-    linear_path: bool = False  # add a linear logit on [x, disc means of x at every scale] per modality
-    linear_fit: str = "prior"  # "prior": fitted first by L2 logistic regression and frozen; "joint": trained with the rest
-    linear_C: float = 0.01     # inverse L2 strength of that logistic regression (sklearn's C)
-    feature_smoothing: float = 0.0   # > 0: scores smoothed over the expression-neighbour graph at scoring time
-    feature_smoothing_steps: int = 1
+# The validated ``model:`` section of an experiment is the model's settings (one set of defaults).
+ModelSettings = ModelConfig
 
 
 class _Stream(nn.Module):
@@ -44,6 +27,10 @@ class _Stream(nn.Module):
                                    if s.msfa else [])
         self.scale_emb = nn.Parameter(torch.zeros(1 + len(self.convs), s.hidden))
         self.act = nn.GELU()
+
+    def reset_parameters(self) -> None:
+        reset_all(self)
+        nn.init.zeros_(self.scale_emb)
 
     def forward(self, x: Tensor, data: Data) -> Tensor:
         h = self.proj(x)
@@ -64,6 +51,11 @@ class _LinearPath(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.lin = nn.Linear(d_in * (1 + n_scales), 1)
         self.n_scales = n_scales
+
+    def reset_parameters(self) -> None:
+        """Back to an unfitted, trainable linear map (a fitted prior is frozen; this thaws it)."""
+        self.lin.reset_parameters()
+        self.lin.weight.requires_grad_(True); self.lin.bias.requires_grad_(True)
 
     def features(self, x: Tensor, data: Data) -> Tensor:
         """(N, F * (1 + S)): the input and its disc means at every scale."""
@@ -106,11 +98,24 @@ class SpaGraphNet(nn.Module):
                                   nn.Linear(s.hidden, 1))
         self.wide_img = _LinearPath(d_img, n_scales, s.input_dropout) if s.linear_path and d_img > 0 else None
         self.wide_gene = _LinearPath(d_gene, n_scales, s.input_dropout) if s.linear_path and d_gene > 0 else None
-        self.smooth = FeatureGraphSmoothing(s.feature_smoothing, s.feature_smoothing_steps)
-        if s.linear_path:
+        self.smooth = FeatureGraphSmoothing(s.feature_smoothing)
+        self._silence_deep_part()
+
+    def _silence_deep_part(self) -> None:
+        if self.settings.linear_path:
             # the deep part starts silent: training starts from the smoothed linear model
             nn.init.zeros_(self.head[-1].weight)
             nn.init.zeros_(self.head[-1].bias)
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every learned weight as at construction (streams, MSFA layers, fusion
+        with its attentions, head, linear paths; the deep part silent again with a linear path)."""
+        for m in (self.img, self.gene, self.wide_img, self.wide_gene):
+            if m is not None:
+                m.reset_parameters()
+        self.fusion.reset_parameters()
+        reset_all(self.head)
+        self._silence_deep_part()
 
     def forward(self, data: Data, modality_dropout: float = 0.0) -> dict[str, Tensor]:
         n = data.num_nodes

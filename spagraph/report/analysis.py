@@ -93,14 +93,20 @@ class RunAnalysis:
 
 
 def _read_run(run_dir: Path) -> tuple[str, dict, dict, pd.DataFrame]:
-    import yaml
     missing = [f for f in ("predictions.csv", "metrics.json", "config.yaml") if not (run_dir / f).exists()]
     if missing:
         raise FileNotFoundError(f"{run_dir} is not a finished run directory: missing {', '.join(missing)}")
+    from spagraph.utils import load_yaml, read_json
     text = (run_dir / "config.yaml").read_text()
-    cfg = yaml.safe_load(text) or {}
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    pred = pd.read_csv(run_dir / "predictions.csv", dtype={"slice": str, "spot": str})
+    try:
+        cfg = load_yaml(text, run_dir / "config.yaml") or {}
+    except Exception as e:  # noqa: BLE001 - yaml.YAMLError or a duplicate key
+        raise ValueError(f"{run_dir / 'config.yaml'}: not a readable run config: {e}") from None
+    metrics = read_json(run_dir / "metrics.json", "run metrics")
+    try:
+        pred = pd.read_csv(run_dir / "predictions.csv", dtype={"slice": str, "spot": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{run_dir / 'predictions.csv'}: not a readable predictions table (corrupt or truncated?): {e}") from None
     need = {"slice", "spot", "seed", "score", "pred", "label"}
     if not need <= set(pred.columns):
         raise ValueError(f"{run_dir / 'predictions.csv'}: expected columns {sorted(need)}, got {list(pred.columns)}")

@@ -42,7 +42,7 @@ from torch_geometric.utils import scatter
 
 from spagraph.nn.feature_smoothing import FeatureGraphSmoothing, feature_edges
 from spagraph.train.early_stopping import EarlyStopping
-from spagraph.train.fit import seed_everything
+from spagraph.train.fit import LoopState, seed_everything, train_loop
 from spagraph.train.metrics import binary_metrics
 
 log = logging.getLogger("spagraph")
@@ -314,27 +314,19 @@ def _fit_torch(kind: str, b: dict, cfg, train: list[Data], val: list[Data], seed
 
     for g in val:   # validation inputs computed once per fit (they never change)
         cache[id(g)] = inputs(g) | {"_g": g}
-    rng = np.random.default_rng(seed)
-    stop, history = EarlyStopping(patience, min_epochs, has_val=bool(val)), []
-    for epoch in range(epochs):
-        model.train()
-        losses = []
+    state = LoopState(stop=EarlyStopping(patience, min_epochs, has_val=bool(val)), rng=np.random.default_rng(seed),
+                      gen=torch.Generator().manual_seed(seed))
+
+    def steps(rng: np.random.Generator):
         for gi in rng.permutation(len(tr)):
             d, m, y = tr[gi]
-            logit = model(d)
-            loss = nn.functional.binary_cross_entropy_with_logits(logit[m], y[m], pos_weight=pos_weight)
-            opt.zero_grad(); loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            losses.append(float(loss.detach()))
-        auc = _mean_val_auc(predict, val) if val else None
-        rec = {"epoch": epoch, "loss": float(np.mean(losses)), "val_auc": auc}
-        history.append(rec)
-        stop.update(epoch, auc, model)
-        if on_epoch is not None:
-            on_epoch(epoch, rec)
-        if stop.should_stop(epoch):
-            break
+            loss = nn.functional.binary_cross_entropy_with_logits(model(d)[m], y[m], pos_weight=pos_weight)
+            yield loss, {"loss": float(loss.detach())}
+
+    # the same loop as spagraph's fit: clipped AdamW steps, early stopping on mean validation AUC
+    train_loop(model, opt, state, epochs, steps, (lambda _m: _mean_val_auc(predict, val)) if val else (lambda _m: None),
+               on_epoch)
+    stop, history = state.stop, state.history
     stop.restore_best(model)
     cache.clear()
     n_params = sum(p.numel() for p in model.parameters())

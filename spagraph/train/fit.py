@@ -1,41 +1,36 @@
-"""Fit and predict loops: full-graph for ordinary slices, spatial tiles beyond."""
+"""Fit and predict: one training loop (:func:`train_loop`) for spagraph and the torch baselines.
+
+:func:`fit` reads as its steps: build the model and fit its linear prior
+(:func:`build_model`), the class balance (:func:`positive_weight`), a fresh or resumed loop
+state (:func:`start_state` / :func:`resume_state`), the prior alone as candidate epoch -1
+(:func:`prior_candidate`), the epochs (:func:`train_loop`, with an optional weight EMA), then the
+rule that may keep the prior over a deep epoch (:func:`prefer_prior`).
+"""
 from __future__ import annotations
 
 import copy
 import random
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 from torch_geometric.data import Data
 
+from spagraph.experiment.config import TrainConfig
+from spagraph.graph.orientation import random_turn
 from spagraph.nn.losses import info_nce, weighted_bce
 from spagraph.nn.model import ModelSettings, SpaGraphNet
 from spagraph.train.early_stopping import EarlyStopping
 from spagraph.train.metrics import auc_standard_error, binary_metrics
 from spagraph.train.tiles import iter_tiles
 
+# The validated ``train:`` section of an experiment is the training settings (one set of defaults;
+# ``seeds`` is read by the runner, not here).
+TrainSettings = TrainConfig
 
-@dataclass
-class TrainSettings:
-    epochs: int = 60
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    patience: int = 15            # early stopping on validation AUC (epochs without gain)
-    min_epochs: int = 5
-    val_smoothing: int = 1        # choose the epoch by the mean validation AUC of the last k epochs
-    focal_gamma: float = 0.0      # > 0: focal loss
-    class_weight: bool = True     # pos_weight = n_neg / n_pos of the training spots
-    batch_mode: str = "auto"      # "full" | "tiles" | "auto" (tiles above max_full_nodes)
-    max_full_nodes: int = 50_000
-    tile_size: float = 40.0       # in spot pitches
-    max_contrastive_spots: int = 1024
-    device: str = "auto"          # "cpu" | "cuda" | "auto"
-    grad_clip: float = 1.0
-    ema_decay: float = 0.0        # > 0: validate, keep and return an exponential moving average of the weights
-    one_se_rule: bool = True      # with a linear prior: keep the prior alone unless an epoch beats its
-                                  # validation AUC by more than one standard error
+GRAD_CLIP = 1.0                 # max gradient norm per optimiser step
+MAX_CONTRASTIVE_SPOTS = 1024    # spots sampled per piece for the InfoNCE term
 
 
 @dataclass
@@ -64,12 +59,15 @@ def _use_tiles(data: Data, s: TrainSettings) -> bool:
 
 
 def _batches(data: Data, s: TrainSettings, rng: np.random.Generator | None = None):
-    """Yield (graph, loss_mask) pieces of a slice: the whole graph, or tiles (interior only)."""
+    """Yield (graph, loss_mask) pieces of a slice: the whole graph, or tiles (interior only).
+    With ``s.orient_augment`` (training only: ``rng`` given) each piece's direction bins get a
+    random cyclic shift and reflection (:func:`spagraph.graph.orientation.random_turn`)."""
+    turn = s.orient_augment and rng is not None
     if _use_tiles(data, s):
         for sub, _ in iter_tiles(data, s.tile_size, shuffle=rng is not None, generator=rng):
-            yield sub, sub.interior
+            yield (random_turn(sub, rng) if turn else sub), sub.interior
     else:
-        yield data, torch.ones(data.num_nodes, dtype=torch.bool)
+        yield (random_turn(data, rng) if turn else data), torch.ones(data.num_nodes, dtype=torch.bool)
 
 
 def _to(data: Data, device: torch.device) -> Data:
@@ -79,17 +77,18 @@ def _to(data: Data, device: torch.device) -> Data:
 def _loss(model: SpaGraphNet, out: dict, y: torch.Tensor, mask: torch.Tensor, pos_weight: float,
           s: TrainSettings, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
     lab = mask & ~torch.isnan(y)
-    cls = weighted_bce(out["logit"][lab], y[lab], pos_weight, s.focal_gamma) if lab.any() else out["logit"].sum() * 0
+    cls = weighted_bce(out["logit"][lab], y[lab], pos_weight) if lab.any() else out["logit"].sum() * 0
     total, parts = cls, {"bce": float(cls.detach())}
     w = model.settings.contrastive_weight
     both = mask & (out["m_img"] > 0) & (out["m_gene"] > 0)
     if w > 0 and model.img is not None and model.gene is not None and both.sum() > 1:
         idx = torch.nonzero(both).squeeze(1)
-        if len(idx) > s.max_contrastive_spots:
-            idx = idx[torch.randperm(len(idx), generator=gen)[: s.max_contrastive_spots].to(idx.device)]
+        if len(idx) > MAX_CONTRASTIVE_SPOTS:
+            idx = idx[torch.randperm(len(idx), generator=gen)[:MAX_CONTRASTIVE_SPOTS].to(idx.device)]
         nce = info_nce(out["z_img"][idx], out["z_gene"][idx], model.settings.temperature)
         total = total + w * nce
         parts["nce"] = float(nce.detach())
+    parts["loss"] = float(total.detach())
     return total, parts
 
 
@@ -190,103 +189,191 @@ def validation_auc_se(auc: float, graphs: list[Data]) -> float:
     return float(np.sqrt(np.sum(np.square(ses))) / len(ses)) if ses else float("inf")
 
 
-def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: TrainSettings, seed: int,
-        on_epoch: Callable[[int, dict], None] | None = None, progress=None,
-        init_state: dict | None = None) -> FitResult:
-    """Train a SpaGraphNet on ``train`` slices, early-stopping on ``val`` slices' AUC.
 
-    Only ``train`` labels enter the loss; only ``val`` labels choose the epoch. ``on_epoch``
-    receives (epoch, record) after each epoch (for tracking / pruning; it may raise to stop).
-    Returns the model at its best validation epoch (the last epoch when no validation).
+
+# ------------------------------------------------------------------ the training loop
+
+
+@dataclass
+class LoopState:
+    """Everything a training loop carries from epoch to epoch (and a checkpoint holds)."""
+    stop: EarlyStopping
+    rng: np.random.Generator          # slice order, tiles, orientation turns
+    gen: torch.Generator              # contrastive sub-sampling
+    history: list[dict] = field(default_factory=list)
+    start_epoch: int = 0
+    ema: "WeightEMA | None" = None
+    prior_state: dict | None = None   # the prior-alone weights (candidate epoch -1), for prefer_prior
+
+
+def train_loop(model: torch.nn.Module, opt: torch.optim.Optimizer, state: LoopState, epochs: int,
+               steps: Callable[[np.random.Generator], Iterable[tuple[torch.Tensor, dict]]],
+               validate: Callable[[torch.nn.Module], float | None],
+               after_epoch: Callable[[int, dict], None] | None = None) -> None:
+    """Epochs ``state.start_epoch .. epochs - 1`` of: for each (loss, parts) that ``steps(rng)``
+    yields, one optimiser step (gradient norm clipped at :data:`GRAD_CLIP`, then the weight EMA
+    when ``state.ema``); then ``validate`` the model (the EMA copy when there is one), record
+    the epoch in ``state.history`` and ``state.stop``, call ``after_epoch(epoch, record)``, and
+    stop early by ``state.stop``'s rule. ``parts`` holds floats: ``loss`` (the total) and
+    optional named terms, averaged into the epoch record (``bce`` is not repeated there).
+
+    Shared by :func:`fit` and the torch baselines (:mod:`spagraph.train.baselines`).
     """
-    if not train:
-        raise ValueError("no training slices")
+    for epoch in range(state.start_epoch, epochs):
+        model.train()
+        parts = []
+        for loss, p in steps(state.rng):
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+            opt.step()
+            if state.ema is not None:
+                state.ema.update(model)
+            parts.append(p)
+        rec = {"epoch": epoch, "loss": float(np.mean([p["loss"] for p in parts])) if parts else None}
+        for k in sorted({k for p in parts for k in p} - {"loss", "bce"}):
+            rec[k] = float(np.mean([p[k] for p in parts if k in p]))
+        judged = state.ema.module if state.ema is not None else model
+        rec["val_auc"] = validate(judged)
+        state.history.append(rec)
+        state.stop.update(epoch, rec["val_auc"], judged)
+        if after_epoch is not None:
+            after_epoch(epoch, rec)
+        if state.stop.should_stop(epoch):
+            break
+
+
+# ------------------------------------------------------------------ fit, step by step
+
+
+def build_model(train: list[Data], model_settings: ModelSettings, s: TrainSettings, seed: int) -> SpaGraphNet:
+    """A seeded SpaGraphNet sized for the training slices, its linear prior fitted (training
+    labels only) and frozen when ``linear_path`` and ``linear_fit == "prior"``."""
     seed_everything(seed)
-    dev = resolve_device(s.device)
     g0 = train[0]
-    model = SpaGraphNet(g0.x_img.shape[1], g0.x_gene.shape[1], g0.num_scales, g0.n_dir_bins, model_settings).to(dev)
-    prior = model_settings.linear_path and model_settings.linear_fit == "prior"
-    if prior:
-        fit_linear_prior(model.cpu(), train, seed)
-        model.to(dev)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr, weight_decay=s.weight_decay)
+    model = SpaGraphNet(g0.x_img.shape[1], g0.x_gene.shape[1], g0.num_scales, g0.n_dir_bins, model_settings)
+    if has_prior(model_settings):
+        fit_linear_prior(model, train, seed)
+    return model.to(resolve_device(s.device))
+
+
+def has_prior(model_settings: ModelSettings) -> bool:
+    return bool(model_settings.linear_path and model_settings.linear_fit == "prior")
+
+
+def positive_weight(train: list[Data], s: TrainSettings) -> float:
+    """``n_neg / n_pos`` of the training spots (1 without ``class_weight``); a clear error when
+    the training slices hold one class only."""
     ys = torch.cat([g.y[g.label_mask] for g in train])
     n_pos, n_neg = float((ys == 1).sum()), float((ys == 0).sum())
     if n_pos == 0 or n_neg == 0:
         names = [str(getattr(g, "name", None) or i) for i, g in enumerate(train)]
         raise ValueError(f"training slices {names} hold a single class ({int(n_pos)} cancer, {int(n_neg)} non-cancer "
                          "labelled spots): cannot train a classifier")
-    pos_weight = n_neg / n_pos if s.class_weight else 1.0
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    stop = EarlyStopping(s.patience, s.min_epochs, has_val=bool(val))
-    history, start_epoch = [], 0
-    ema = WeightEMA(model, s.ema_decay) if s.ema_decay > 0 else None
-    prior_state = None   # the prior-alone weights, kept for the one-SE rule
-    if init_state is not None:  # resume within a fold
-        model.load_state_dict(init_state["model"]); opt.load_state_dict(init_state["opt"])
-        if ema is not None and init_state.get("ema") is not None:
-            ema.module.load_state_dict(init_state["ema"])
-        stop.best_state, stop.best_auc = init_state["best_state"], init_state["best_auc"]
-        stop.best_epoch, stop.bad = init_state["best_epoch"], init_state["bad"]
-        history, start_epoch = init_state["history"], init_state["epoch"] + 1
-        rng.bit_generator.state = init_state["rng"]; gen.set_state(init_state["gen"])
-        torch.set_rng_state(init_state["torch_rng"])
-        prior_state = init_state.get("prior_state")
-        if stop.should_stop(start_epoch - 1):
-            start_epoch = s.epochs   # the checkpointed epoch had already met the early-stopping rule
-    elif prior and val:
-        # epoch -1 = the linear prior alone (deep part silent): a candidate like any epoch
-        auc0 = validation_auc(model, val, s)
-        stop.update(-1, auc0, model)
-        history.append({"epoch": -1, "loss": None, "val_auc": auc0})
-        if stop.best_epoch == -1:
-            prior_state = stop.best_state   # EarlyStopping replaces, never mutates, its best state
-    prior_rec = next((h for h in history if h["epoch"] == -1), None)
-    for epoch in range(start_epoch, s.epochs):
-        model.train()
-        losses = []
+    return n_neg / n_pos if s.class_weight else 1.0
+
+
+def start_state(model: torch.nn.Module, s: TrainSettings, seed: int, has_val: bool) -> LoopState:
+    """The loop state of a fresh fit (random streams seeded by ``seed``)."""
+    return LoopState(stop=EarlyStopping(s.patience, s.min_epochs, has_val=has_val),
+                     rng=np.random.default_rng(seed), gen=torch.Generator().manual_seed(seed),
+                     ema=WeightEMA(model, s.ema_decay) if s.ema_decay > 0 else None)
+
+
+def resume_state(state: LoopState, model: torch.nn.Module, opt: torch.optim.Optimizer, saved: dict,
+                 epochs: int) -> None:
+    """Continue a fit from :func:`checkpoint_state`'s dict (model, optimiser, EMA, early stopping,
+    history and every random stream), at the epoch after the saved one."""
+    model.load_state_dict(saved["model"]); opt.load_state_dict(saved["opt"])
+    if state.ema is not None and saved.get("ema") is not None:
+        state.ema.module.load_state_dict(saved["ema"])
+    st = state.stop
+    st.best_state, st.best_auc, st.best_epoch, st.bad = saved["best_state"], saved["best_auc"], saved["best_epoch"], saved["bad"]
+    state.history, state.start_epoch = saved["history"], saved["epoch"] + 1
+    state.rng.bit_generator.state = saved["rng"]; state.gen.set_state(saved["gen"])
+    torch.set_rng_state(saved["torch_rng"])
+    state.prior_state = saved.get("prior_state")
+    if st.should_stop(state.start_epoch - 1):
+        state.start_epoch = epochs   # the checkpointed epoch had already met the early-stopping rule
+
+
+def checkpoint_state(state: LoopState, model: torch.nn.Module, opt: torch.optim.Optimizer, epoch: int) -> dict:
+    """What :func:`resume_state` needs to continue after ``epoch``."""
+    st = state.stop
+    return {"model": model.state_dict(), "opt": opt.state_dict(), "best_state": st.best_state,
+            "best_auc": st.best_auc, "best_epoch": st.best_epoch, "bad": st.bad, "history": state.history,
+            "epoch": epoch, "rng": state.rng.bit_generator.state,
+            "ema": state.ema.module.state_dict() if state.ema is not None else None,
+            "prior_state": state.prior_state, "gen": state.gen.get_state(), "torch_rng": torch.get_rng_state()}
+
+
+def prior_candidate(model: SpaGraphNet, val: list[Data], s: TrainSettings, state: LoopState) -> None:
+    """Epoch -1: the linear prior alone (the deep part starts silent) is a candidate like any
+    epoch; its weights are kept for :func:`prefer_prior`."""
+    auc0 = validation_auc(model, val, s)
+    state.stop.update(-1, auc0, model)
+    state.history.append({"epoch": -1, "loss": None, "val_auc": auc0})
+    if state.stop.best_epoch == -1:
+        state.prior_state = state.stop.best_state   # EarlyStopping replaces, never mutates, its best state
+
+
+def prefer_prior(state: LoopState, val: list[Data]) -> bool:
+    """The override rule (``train.one_se_rule``): keep the prior alone unless the best deep
+    epoch's validation AUC beats the prior's by more than one standard error
+    (:func:`validation_auc_se`). Returns True when it overrode a deep epoch."""
+    prior = next((h for h in state.history if h["epoch"] == -1), None)
+    st = state.stop
+    if (state.prior_state is None or prior is None or prior["val_auc"] is None or st.best_epoch == -1
+            or st.best_auc - prior["val_auc"] > validation_auc_se(prior["val_auc"], val)):
+        return False
+    st.best_state, st.best_epoch, st.best_auc = state.prior_state, -1, prior["val_auc"]
+    return True
+
+
+def spagraph_steps(model: SpaGraphNet, train: list[Data], s: TrainSettings, pos_weight: float, gen: torch.Generator):
+    """``steps(rng)`` for :func:`train_loop`: every piece of every training slice (slices in
+    random order; whole graphs or tiles; orientation-augmented with ``s.orient_augment``)."""
+    dev = next(model.parameters()).device
+
+    def steps(rng: np.random.Generator):
         for gi in rng.permutation(len(train)):
             for piece, mask in _batches(train[gi], s, rng):
                 piece = _to(piece, dev)
-                out = model(piece, model_settings.modality_dropout)
-                loss, parts = _loss(model, out, piece.y, mask.to(dev), pos_weight, s, gen)
-                opt.zero_grad(); loss.backward()
-                if s.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-                opt.step()
-                if ema is not None:
-                    ema.update(model)
-                losses.append(parts)
-        rec = {"epoch": epoch, "loss": float(np.mean([p["bce"] + model_settings.contrastive_weight * p.get("nce", 0)
-                                                        for p in losses]))}
-        if any("nce" in p for p in losses):
-            rec["nce"] = float(np.mean([p["nce"] for p in losses if "nce" in p]))
-        judged = ema.module if ema is not None else model
-        auc = validation_auc(judged, val, s) if val else None
-        rec["val_auc"] = auc
-        history.append(rec)
-        if auc is not None and s.val_smoothing > 1:
-            recent = [h["val_auc"] for h in history[-s.val_smoothing:] if h["val_auc"] is not None]
-            auc = float(np.mean(recent))
-            rec["val_auc_smoothed"] = auc
-        stop.update(epoch, auc, judged)
+                out = model(piece, model.settings.modality_dropout)
+                yield _loss(model, out, piece.y, mask.to(dev), pos_weight, s, gen)
+    return steps
+
+
+def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: TrainSettings, seed: int,
+        on_epoch: Callable[[int, dict, Callable[[], dict]], None] | None = None, progress=None,
+        init_state: dict | None = None) -> FitResult:
+    """Train a SpaGraphNet on ``train`` slices, early-stopping on ``val`` slices' AUC.
+
+    Only ``train`` labels enter the loss (and the linear prior); only ``val`` labels choose the
+    epoch. ``on_epoch(epoch, record, state_fn)`` runs after each epoch (tracking, pruning,
+    checkpoints: ``state_fn()`` is the dict ``init_state`` resumes from; it may raise to stop).
+    Returns the model at its best validation epoch (the last epoch when no validation).
+    """
+    if not train:
+        raise ValueError("no training slices")
+    model = build_model(train, model_settings, s, seed)
+    pos_weight = positive_weight(train, s)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr, weight_decay=s.weight_decay)
+    state = start_state(model, s, seed, has_val=bool(val))
+    if init_state is not None:
+        resume_state(state, model, opt, init_state, s.epochs)
+    elif has_prior(model_settings) and val:
+        prior_candidate(model, val, s, state)
+
+    def after_epoch(epoch: int, rec: dict) -> None:
         if progress is not None:
             progress(epoch, rec)
         if on_epoch is not None:
-            on_epoch(epoch, rec, lambda: {"model": model.state_dict(), "opt": opt.state_dict(), "best_state": stop.best_state,
-                                          "best_auc": stop.best_auc, "best_epoch": stop.best_epoch, "bad": stop.bad,
-                                          "history": history, "epoch": epoch, "rng": rng.bit_generator.state,
-                                          "ema": ema.module.state_dict() if ema is not None else None,
-                                          "prior_state": prior_state,
-                                          "gen": gen.get_state(), "torch_rng": torch.get_rng_state()})
-        if stop.should_stop(epoch):
-            break
-    kept = False
-    if (s.one_se_rule and prior_state is not None and prior_rec["val_auc"] is not None and stop.best_epoch != -1
-            and stop.best_auc - prior_rec["val_auc"] <= validation_auc_se(prior_rec["val_auc"], val)):
-        # the simpler model unless the deep part's validation gain exceeds one standard error
-        stop.best_state, stop.best_epoch, stop.best_auc, kept = prior_state, -1, prior_rec["val_auc"], True
-    stop.restore_best(model)
-    return FitResult(model=model, best_epoch=stop.best_epoch, best_val_auc=stop.best_val_auc, history=history,
-                     kept_prior_by_se=kept)
+            on_epoch(epoch, rec, lambda: checkpoint_state(state, model, opt, epoch))
+
+    train_loop(model, opt, state, s.epochs, spagraph_steps(model, train, s, pos_weight, state.gen),
+               (lambda m: validation_auc(m, val, s)) if val else (lambda m: None), after_epoch)
+    kept = s.one_se_rule and prefer_prior(state, val)
+    state.stop.restore_best(model)
+    return FitResult(model=model, best_epoch=state.stop.best_epoch, best_val_auc=state.stop.best_val_auc,
+                     history=state.history, kept_prior_by_se=kept)

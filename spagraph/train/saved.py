@@ -21,13 +21,13 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from spagraph.utils import atomic_dir, atomic_path, atomic_write_json
+from spagraph.utils import atomic_dir, atomic_path, atomic_write_json, write_h5ad
 
 log = logging.getLogger("spagraph")
 
@@ -166,21 +166,33 @@ def load_model(path: str | Path, device: str = "cpu") -> SavedModel:
     missing = [f for f in FILES if not (path / f).exists()]
     if missing:
         raise FileNotFoundError(f"{path} is not a saved spagraph model: missing {', '.join(missing)}")
-    meta = json.loads((path / "meta.json").read_text())
+    from spagraph.train.model_files import load_gene_state, load_val_scores, load_weights, read_meta
+    meta = read_meta(path / "meta.json")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path}: saved with format {meta['format_version']}, this spagraph reads <= {FORMAT_VERSION}")
     cfg = load_config(path / "config.yaml")
     if cfg.config_hash() != meta["config_hash"]:
         raise ValueError(f"{path}: config.yaml hash {cfg.config_hash()} != recorded {meta['config_hash']} "
                          "(config edited after saving?)")
-    model = SpaGraphNet(meta["d_img"], meta["d_gene"], meta["n_scales"], meta["n_bins"],
-                        ModelSettings(**meta["model_settings"]))
-    model.load_state_dict(torch.load(path / "model.pt", map_location=device, weights_only=True))
+    try:
+        model = SpaGraphNet(meta["d_img"], meta["d_gene"], meta["n_scales"], meta["n_bins"],
+                            ModelSettings(**meta["model_settings"]))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path / 'meta.json'}: model dims / model_settings do not build a model: {e}") from None
+    state = load_weights(path / "model.pt", "model weights", device)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path / 'model.pt'}: weights do not match the model described in meta.json: "
+                         f"{str(e).strip().splitlines()[0][:300]}") from None
     model.to(device).eval()
     ge = None
     if (path / "gene_encoder.pt").exists():
-        ge = _restore_gene_encoder(meta, torch.load(path / "gene_encoder.pt", weights_only=False))
-    return SavedModel(path=path, model=model, cfg=cfg, meta=meta, val_scores=np.load(path / "val_scores.npy"),
+        try:
+            ge = _restore_gene_encoder(meta, load_gene_state(path / "gene_encoder.pt"))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{path / 'gene_encoder.pt'}: incomplete gene encoder state (missing {e})") from None
+    return SavedModel(path=path, model=model, cfg=cfg, meta=meta, val_scores=load_val_scores(path / "val_scores.npy"),
                       gene_encoder=ge)
 
 
@@ -229,7 +241,7 @@ def slice_graph(adata, saved: SavedModel, name: str = "slice"):
     from spagraph.graph import GraphSettings, build_slice_graph
     g = saved.meta["graph"]
     # the saved graph section; keys a model saved by older code lacks take GraphSettings' defaults
-    data = build_slice_graph(adata, GraphSettings(**{f.name: g[f.name] for f in fields(GraphSettings) if f.name in g}),
+    data = build_slice_graph(adata, GraphSettings(**{k: g[k] for k in GraphSettings.model_fields if k in g}),
                              label_key=saved.meta.get("label_key", "cancer"), name=name)
     for key, flag, d in (("x_img", "has_img", saved.meta["d_img"]), ("x_gene", "has_gene", saved.meta["d_gene"])):
         w = data[key].shape[1]
@@ -400,8 +412,7 @@ def write_prediction(adata, table, out: str | Path) -> tuple[Path, Path]:
     out = Path(out)
     if out.suffix != ".h5ad":
         raise ValueError(f"--out must end in .h5ad, got {out}")
-    with atomic_path(out) as tmp:
-        adata.write_h5ad(tmp)
+    write_h5ad(adata, out)        # in memory first: a full disk is one clear error, not h5py noise
     csv = out.with_suffix(".csv")
     with atomic_path(csv) as tmp:
         table.to_csv(tmp, index=False)
