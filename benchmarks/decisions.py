@@ -20,8 +20,25 @@ def _f(v) -> str:
     return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
 
 
+def _load(run_dir: Path) -> dict:
+    """metrics.json, or (a run still going) the finished folds' rows from folds/*.json, summarised the
+    same way, with a note of how many (fold, seed) tasks are in."""
+    if (run_dir / "metrics.json").exists():
+        return json.loads((run_dir / "metrics.json").read_text())
+    from spagraph.decide.evaluate import EXTRA_KEYS, summarise_decisions
+    from spagraph.experiment.runner import METRIC_KEYS
+    from spagraph.train.metrics import mean_std
+    rows = [r for f in sorted((run_dir / "folds").glob("*.json")) for r in json.loads(f.read_text())["rows"]]
+    if not rows:
+        sys.exit(f"{run_dir}: no metrics.json and no finished fold yet")
+    mean, std, _ = mean_std(rows, METRIC_KEYS + EXTRA_KEYS)
+    print(f"(partial: {len(rows)} finished slice x seed rows from {run_dir / 'folds'})\n")
+    return {"experiment": run_dir.name, "protocol": "?", "threshold_method": rows[0].get("rule_choice", {}).get("rule"),
+            "per_slice": rows, "mean": mean, "std": std, "decisions": summarise_decisions(rows)}
+
+
 def main(run_dir: str) -> None:
-    m = json.loads((Path(run_dir) / "metrics.json").read_text())
+    m = _load(Path(run_dir))
     d = m.get("decisions") or {}
     rows = pd.DataFrame(m["per_slice"])
     n_seeds = rows.groupby("slice").size().max()
