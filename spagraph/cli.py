@@ -275,9 +275,10 @@ def report(run_dir: Path = typer.Argument(..., help="finished run directory (pre
     from spagraph.regions import RegionSettings
     from spagraph.report import write_report
     if base_dir is None:          # where the run's YAML was: recorded by spagraph run
-        import json
+        from spagraph.utils import read_json
         mpath = run_dir / "metrics.json"
-        rec = json.loads(mpath.read_text()).get("base_dir") if mpath.exists() else None
+        m = read_json(mpath, "run metrics") if mpath.exists() else {}       # a corrupt file is named
+        rec = m.get("base_dir") if isinstance(m, dict) else None
         base_dir = Path(rec) if rec else None
     try:
         path = write_report(run_dir, base_dir=base_dir,
