@@ -126,7 +126,7 @@ def run(config: Path = typer.Argument(..., help="experiment YAML (see experiment
     from spagraph.experiment.executor import TaskFailed, get_executor
     if recompute_changed and not resume:
         _fail("--recompute-changed needs --resume")
-    ex = get_executor(executor, address, workers)
+    ex = get_executor(executor, address, workers, threads=threads or 1)
     tracker = make_tracker(cfg.track, cfg.to_dict(), out_dir, name=cfg.name, job_type="run")
     try:
         metrics = run_experiment(cfg, out_dir, resume=resume, progress=progress, tracker=tracker,
