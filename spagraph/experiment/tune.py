@@ -67,7 +67,7 @@ def _absolute_sources(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
             if src.get(k):
                 src[k] = str(resolve_path(src[k], base).resolve())
     if data["embed"].get("cache_dir"):
-        data["embed"]["cache_dir"] = str(resolve_path(data["embed"]["cache_dir"], base).resolve())
+        data["embed"]["cache_dir"] = str(resolve_path(data["embed"]["cache_dir"], base, must_exist=False).resolve())
     return validate_config(data)
 
 
