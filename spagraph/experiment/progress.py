@@ -62,11 +62,18 @@ def summary_table(metrics: dict):
     from rich.table import Table
     import pandas as pd
     rows = pd.DataFrame(metrics["per_slice"])
-    t = Table(title=f"{metrics.get('experiment', '')} — protocol {metrics['protocol']}, "
-                    f"undetermined {metrics['undetermined']}, threshold {metrics.get('threshold_method')}")
+    from rich import box
+    on = " (validation slices)" if any(r.get("role") == "validation" for r in metrics["per_slice"]) else ""
+    t = Table(title=f"{metrics.get('experiment', '')} — protocol {metrics['protocol']}{on}, "
+                    f"undetermined {metrics['undetermined']}, threshold {metrics.get('threshold_method')}",
+              box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
+    # names are shortened (ellipsis), numbers never (no_wrap); the CLI widens the console to fit
     for c in ("slice", "seeds", "n", "AUC", "F1", "sens.", "spec.", "F1@mix", "rule", "est. frac.", "true",
               "ECE", "flags"):
-        t.add_column(c, justify="left" if c in ("slice", "rule", "flags") else "right")
+        if c == "slice":
+            t.add_column(c, justify="left", overflow="ellipsis", no_wrap=True, max_width=12)
+        else:
+            t.add_column(c, justify="left" if c in ("rule", "flags") else "right", no_wrap=True)
     t.caption = ("F1 / sensitivity / specificity of the rule in force (auto: chosen by inner folds); F1@mix = the "
                  "mixture rule; est. frac. = label-free estimated cancer fraction, true = labelled fraction; "
                  "ECE = calibration error of the calibrated scores; flags = guard (DEGENERATE: calls replaced "
@@ -79,7 +86,9 @@ def summary_table(metrics: dict):
                   ",".join(sorted(set(map(str, df["rule"])))) if "rule" in df else "",
                   fmt(m("prevalence_estimate")), fmt(m("true_fraction")), fmt(m("ece")), _flags(df))
     mean, std = metrics["mean"], metrics["std"]
-    pm = lambda k: "n/a" if mean.get(k) is None else f"{mean[k]:.3f} ± {std[k]:.3f}"
-    t.add_row("mean ± std", "", "", pm("auc"), pm("f1"), pm("sensitivity"), pm("specificity"), pm("f1_mixture"), "",
-              "MAE " + fmt((metrics.get("decisions") or {}).get("prevalence_mae")), "", pm("ece"), "", style="bold")
+    keys = ("auc", "f1", "sensitivity", "specificity", "f1_mixture")
+    t.add_row("mean", "", "", *[fmt(mean.get(k)) for k in keys], "",
+              "MAE " + fmt((metrics.get("decisions") or {}).get("prevalence_mae")), "", fmt(mean.get("ece")), "",
+              style="bold")
+    t.add_row("± std", "", "", *[fmt(std.get(k)) for k in keys], "", "", "", fmt(std.get("ece")), "")
     return t
