@@ -155,7 +155,8 @@ def run(config: Path = typer.Argument(..., help="experiment YAML (see experiment
         ex.shutdown()
     con = Console()
     table = summary_table(metrics)
-    con = Console(width=max(con.width, con.measure(table).maximum))   # never fold numbers
+    # numbers are never folded: a console narrower than the tables' minimum is widened
+    con = Console(width=max(con.width, Console(width=1000).measure(table).minimum))
     con.print(table)
     if metrics.get("evaluated_on", "").startswith("validation"):
         con.print(f"[yellow]metrics are on {metrics['evaluated_on']}[/yellow]")

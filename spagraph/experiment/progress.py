@@ -56,38 +56,49 @@ def _flags(df) -> str:
 
 
 def summary_table(metrics: dict):
-    """A rich Table: per-slice AUC / AP / F1 (mean over seeds) and the overall mean ± std."""
+    """Two rich tables (a ``Group``), each within 80 columns: per-slice AUC / AP / F1 under every
+    rule (mean over seeds) with the overall mean and std; then the decision per slice (rule,
+    estimated vs labelled cancer fraction, calibration error, guard flags). Slice names are
+    shortened (ellipsis), numbers never (no_wrap columns)."""
+    from rich import box
+    from rich.console import Group
     from rich.table import Table
     import pandas as pd
     rows = pd.DataFrame(metrics["per_slice"])
-    from rich import box
     on = " (validation slices)" if any(r.get("role") == "validation" for r in metrics["per_slice"]) else ""
-    t = Table(title=f"{metrics.get('experiment', '')} — protocol {metrics['protocol']}{on}, "
-                    f"undetermined {metrics['undetermined']}, threshold {metrics.get('threshold_method')}",
-              box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
-    # names are shortened (ellipsis), numbers never (no_wrap); the CLI widens the console to fit
-    for c in ("slice", "seeds", "n", "AUC", "AP", "F1", "F1@val", "F1@q", "F1@mix", "F1@J", "F1@.5", "rule",
-              "prev.", "true", "ECE", "flags"):
-        if c == "slice":
-            t.add_column(c, justify="left", overflow="ellipsis", no_wrap=True, max_width=12)
-        else:
-            t.add_column(c, justify="right", no_wrap=True)
-    t.caption = ("F1 at the primary threshold, then at: val = validation F1-optimal, q = quantile-matched, "
-                 "mix = mixture on the slice's own scores, J = validation Youden, .5 = fixed 0.5 (calibrated); "
-                 "prev. = label-free estimated cancer fraction, true = labelled fraction, ECE = calibration error, "
-                 "flags = guard (DEGENERATE: calls replaced by the named fallback)")
+
+    def table(title, cols, caption):
+        t = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
+                  collapse_padding=True)
+        for c in cols:
+            if c == "slice":
+                t.add_column(c, justify="left", overflow="ellipsis", no_wrap=True, max_width=10)
+            elif c in ("rule", "flags"):
+                t.add_column(c, justify="left", overflow="fold", max_width=28)
+            else:
+                t.add_column(c, justify="right", no_wrap=True)
+        return t
+
+    t = table(f"{metrics.get('experiment', '')} — protocol {metrics['protocol']}{on}, undetermined "
+              f"{metrics['undetermined']}, threshold {metrics.get('threshold_method')}",
+              ("slice", "seeds", "n", "AUC", "AP", "F1", "F1@val", "F1@q", "F1@mix", "F1@J", "F1@.5"),
+              "F1 at the primary threshold, then at: val = validation F1-optimal, q = quantile-matched, "
+              "mix = mixture on the slice's own scores, J = validation Youden, .5 = fixed 0.5 (calibrated)")
+    d = table("decisions", ("slice", "rule", "prev.", "true", "ECE", "flags"),
+              "prev. = label-free estimated cancer fraction, true = labelled fraction, ECE = calibration error, "
+              "flags = guard (DEGENERATE: calls replaced by the named fallback)")
     fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
     for s, df in rows.groupby("slice", sort=False):
         m = lambda k: df[k].astype(float).mean() if k in df and df[k].notna().any() else None
         t.add_row(str(s), str(len(df)), str(int(df["n"].iloc[0])), fmt(m("auc")), fmt(m("ap")), fmt(m("f1")),
                   fmt(m("f1_val_threshold")), fmt(m("f1_quantile")), fmt(m("f1_mixture")),
-                  fmt(m("f1_val_youden")), fmt(m("f1_fixed_0.5")),
-                  ",".join(sorted(set(map(str, df["rule"])))) if "rule" in df else "",
+                  fmt(m("f1_val_youden")), fmt(m("f1_fixed_0.5")))
+        d.add_row(str(s), ",".join(sorted(set(map(str, df["rule"])))) if "rule" in df else "",
                   fmt(m("prevalence_estimate")), fmt(m("true_fraction")), fmt(m("ece")), _flags(df))
     mean, std = metrics["mean"], metrics["std"]
     keys = ("auc", "ap", "f1", "f1_val_threshold", "f1_quantile", "f1_mixture", "f1_val_youden", "f1_fixed_0.5")
-    t.add_row("mean", "", "", *[fmt(mean.get(k)) for k in keys], "",
-              "MAE " + fmt((metrics.get("decisions") or {}).get("prevalence_mae")), "", fmt(mean.get("ece")), "",
-              style="bold")
-    t.add_row("± std", "", "", *[fmt(std.get(k)) for k in keys], "", "", "", fmt(std.get("ece")), "")
-    return t
+    t.add_row("mean", "", "", *[fmt(mean.get(k)) for k in keys], style="bold")
+    t.add_row("± std", "", "", *[fmt(std.get(k)) for k in keys])
+    d.add_row("mean", "", "MAE " + fmt((metrics.get("decisions") or {}).get("prevalence_mae")), "",
+              fmt(mean.get("ece")), "", style="bold")
+    return Group(t, d)
