@@ -179,7 +179,10 @@ def tune(config: Path = typer.Argument(..., help="experiment YAML with a 'search
          max_folds: Optional[int] = typer.Option(None, "--max-folds", help="use only the first N folds per trial"),
          nested: bool = typer.Option(True, "--nested/--no-nested", help="LOSO: one study per outer test slice over the other slices only (default); --no-nested: one study over all folds"),
          outer: Optional[List[str]] = typer.Option(None, "--outer", help="nested: tune only for these outer test slices"),
-         progress: bool = typer.Option(True, "--progress/--no-progress")):
+         progress: bool = typer.Option(True, "--progress/--no-progress"),
+         workers: int = typer.Option(1, "--workers", min=1, help="parallel tuning workers per study (default storage then journal:OUT/study.journal)"),
+         executor: str = typer.Option("local", "--executor", help="local | ray (workers in parallel)"),
+         address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address; default: a local Ray")):
     """Search hyper-parameters (TPE + median pruning on validation AUC); resumable; nested by default.
 
     Writes OUT/best_<slice>.yaml per outer test slice (nested) or OUT/best.yaml (--no-nested)."""
@@ -187,12 +190,18 @@ def tune(config: Path = typer.Argument(..., help="experiment YAML with a 'search
     from spagraph.experiment.config import ConfigError
     from spagraph.experiment.tune import tune as run_tune
     os.environ.setdefault("WANDB_MODE", "offline")
+    from spagraph.experiment.executor import TaskFailed, get_executor
     out.mkdir(parents=True, exist_ok=True)
+    if storage is None:
+        storage = f"journal:{out.resolve()}/study.journal" if workers > 1 else f"sqlite:///{out.resolve()}/study.db"
+    ex = get_executor(executor, address, workers if executor == "ray" and not address else None)
     try:
-        summary = run_tune(config, trials, storage or f"sqlite:///{out.resolve()}/study.db", out, set_, exclude,
-                           max_folds=max_folds, progress=progress, nested=nested, outer=outer)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+        summary = run_tune(config, trials, storage, out, set_, exclude, max_folds=max_folds, progress=progress,
+                           nested=nested, outer=outer, workers=workers, executor=ex)
+    except (ConfigError, ValueError, FileNotFoundError, TaskFailed) as e:
         _fail(str(e))
+    finally:
+        ex.shutdown()
     if "outer" in summary:
         for x, s in summary["outer"].items():
             typer.echo(f"outer test slice {x}: best inner validation AUC {s['best_value']:.4f} "
@@ -289,12 +298,20 @@ def bench(suite: Path = typer.Argument(..., help="suite YAML listing experiments
           out: Path = typer.Option(..., "--out", help="output directory: one folder per entry, table.md/csv, per_slice_auc.png"),
           only: Optional[List[str]] = typer.Option(None, "--only", help="run only this entry now (repeatable); finished ones stay in the table"),
           progress: bool = typer.Option(False, "--progress/--no-progress"),
-          threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: torch's default)")):
+          threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: torch's default)"),
+          executor: str = typer.Option("local", "--executor", help="local | ray (entries in parallel)"),
+          address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address; default: a local Ray"),
+          workers: Optional[int] = typer.Option(None, "--workers", min=1, help="CPUs of the local Ray (default: all)")):
     """Run a benchmark suite (resumable) and write its accuracy table and per-slice AUC heat-map."""
     _set_threads(threads)
     from spagraph.bench import run_suite
     from spagraph.bench.table import table_markdown
-    df = run_suite(suite, out, only=only, progress=progress)
+    from spagraph.experiment.executor import get_executor
+    ex = get_executor(executor, address, workers)
+    try:
+        df = run_suite(suite, out, only=only, progress=progress and executor == "local", executor=ex)
+    finally:
+        ex.shutdown()
     typer.echo(table_markdown(df))
     typer.echo(f"table: {out / 'table.md'}  {out / 'table.csv'}\nheat-map: {out / 'per_slice_auc.png'}")
 

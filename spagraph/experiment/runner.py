@@ -215,6 +215,9 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fa
     from spagraph.experiment.tasks import fit_task, prepare_fold, task_key, write_task_result
     from spagraph.experiment.tracking import NullTracker
     check_inputs(cfg)
+    if cfg.nested is not None:   # every choice by inner leave-one-slice-out: spagraph.experiment.nested
+        from spagraph.experiment.nested import run_nested
+        return run_nested(cfg, out_dir, resume=resume, progress=progress, base_dir=base_dir, write_maps=write_maps)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "folds").mkdir(exist_ok=True)
@@ -304,9 +307,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fa
             res = results[(fold.name, seed)]
             fold_reports.setdefault(fold.name, res["fold"])
             all_rows.extend(res["rows"])
-            all_preds.append(pd.read_csv(out / "folds" / f"{task_key(fold.name, seed)}.csv",
-                                         dtype={"spot": str, "slice": str, "label": "Int8"},
-                                         float_precision="round_trip"))   # byte-identical rewrite
+            all_preds.append(_read_fold_csv(out / "folds" / f"{task_key(fold.name, seed)}.csv"))
     pred = pd.concat(all_preds, ignore_index=True)
     with atomic_path(out / "predictions.csv") as tmp:
         pred.to_csv(tmp, index=False)
@@ -371,6 +372,21 @@ def _slice_image(a):
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+
+
+def _read_fold_csv(path: Path) -> pd.DataFrame:
+    """One finished (fold, seed)'s predictions; a corrupt file is an error naming it."""
+    hint = "delete it and its .json to recompute that fold"
+    try:
+        df = pd.read_csv(path, dtype={"spot": str, "slice": str, "label": "Int8"},
+                         float_precision="round_trip")   # byte-identical rewrite
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, TypeError) as e:
+        raise ValueError(f"{path}: finished fold predictions are unreadable (corrupt or truncated?): "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; {hint}") from None
+    missing = {"slice", "spot", "seed", "score", "pred", "label"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: finished fold predictions lack column(s) {sorted(missing)} (corrupt?); {hint}")
+    return df
 
 
 def _jsonable(d):
