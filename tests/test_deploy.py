@@ -283,6 +283,6 @@ def test_run_summary_fits_80_columns_without_cutting_digits(fitted):
     con.print(summary_table(m))
     text = con.export_text()
     assert max(len(line) for line in text.splitlines()) <= 80
-    for k in ("auc", "ap", "f1", "f1_val_threshold", "f1_fixed_0.5"):
+    for k in ("auc", "f1", "sensitivity", "specificity", "f1_mixture"):
         assert f"{m['mean'][k]:.3f}" in text, k              # every number whole
     assert "a_very_lo…" in text                              # names shortened instead
