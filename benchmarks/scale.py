@@ -76,7 +76,7 @@ def knn_recall(x: np.ndarray, edges: np.ndarray, k: int, rng, n_check: int = 200
 
 
 def one_size(n: int, d_gene: int, max_full: int, train_cap: int, tile_size: float, seed: int = 0,
-             feature_knn: int = 10) -> dict:
+             feature_knn: int = 10, build_only: bool = False) -> dict:
     import anndata as ad
     import pandas as pd
     import torch
@@ -126,6 +126,12 @@ def one_size(n: int, d_gene: int, max_full: int, train_cap: int, tile_size: floa
     rec["rss_after_build_mb"] = round(rss_mb(), 1)
     del a
     gc.collect()
+    if build_only:        # graph + feature kNN only (train / infer skipped)
+        rec["rss_peak_mb"] = round(rss_mb(), 1)
+        rec.update(mode="build only", train_epoch_s=None, infer_s=None, total_s=rec["build_s"], rss_train_delta_mb=0)
+        if feature_knn:
+            rec["knn_recall_at_k"] = knn_recall(feats, knn_edges, feature_knn, rng)
+        return rec
 
     tiles = n > max_full
     ts = TrainSettings(epochs=1, batch_mode="tiles" if tiles else "full", tile_size=tile_size, device="cpu")
@@ -193,6 +199,8 @@ def print_table(recs: list[dict]) -> str:
     for r in recs:
         lines.append(f"| {r['n']:,} | {f(r.get('feature_knn_s'))} | {r.get('knn_method', 'off')} | "
                      f"{f(r.get('knn_recall_at_k'))} | {f(r.get('total_s'))} | {r['rss_peak_mb']:.0f} |")
+    if any(r["mode"] == "build only" for r in recs):
+        return "\n".join(lines + ["", "(--build-only: graph build with feature kNN only; no training or inference)"])
     lines += ["", "| spots | edges | build s (exp) | build tracemalloc peak MiB | train epoch s (exp) | mode | "
              "infer s (exp) | tiling s | peak RSS MiB | RSS +train MiB | max tile nodes |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -215,6 +223,7 @@ def main(argv=None) -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000, 1_000_000])
     ap.add_argument("--d-gene", type=int, default=20, help="gene embedding dims (her2st default: 20 PCs)")
     ap.add_argument("--feature-knn", type=int, default=10, help="graph.feature_knn (her2st default 10; 0: off)")
+    ap.add_argument("--build-only", action="store_true", help="graph + feature kNN (+ recall) only")
     ap.add_argument("--max-full", type=int, default=50_000, help="full-graph training/inference up to this many spots")
     ap.add_argument("--train-cap", type=int, default=100_000, help="time training on at most this many spots, extrapolate beyond")
     ap.add_argument("--tile-size", type=float, default=40.0)
@@ -226,11 +235,12 @@ def main(argv=None) -> None:
         import torch
         torch.set_num_threads(a.threads)
     if a.one:
-        print("RESULT " + json.dumps(one_size(a.one, a.d_gene, a.max_full, a.train_cap, a.tile_size, feature_knn=a.feature_knn)))
+        print("RESULT " + json.dumps(one_size(a.one, a.d_gene, a.max_full, a.train_cap, a.tile_size, feature_knn=a.feature_knn,
+                                                   build_only=a.build_only)))
         return
     recs = []
     for n in a.sizes:
-        cmd = [sys.executable, __file__, "--one", str(n), "--d-gene", str(a.d_gene), "--feature-knn", str(a.feature_knn), "--max-full", str(a.max_full),
+        cmd = [sys.executable, __file__, "--one", str(n), "--d-gene", str(a.d_gene), "--feature-knn", str(a.feature_knn)] + (["--build-only"] if a.build_only else []) + ["--max-full", str(a.max_full),
                "--train-cap", str(a.train_cap), "--tile-size", str(a.tile_size)] + (["--threads", str(a.threads)] if a.threads else [])
         t = time.time()
         p = subprocess.run(cmd, capture_output=True, text=True)

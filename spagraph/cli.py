@@ -142,7 +142,7 @@ def run(config: Path = typer.Argument(..., help="experiment YAML (see experiment
     from spagraph.experiment.executor import TaskFailed, get_executor
     if recompute_changed and not resume:
         _fail("--recompute-changed needs --resume")
-    ex = get_executor(executor, address, workers)
+    ex = get_executor(executor, address, workers, threads=threads or 1)
     tracker = make_tracker(cfg.track, cfg.to_dict(), out_dir, name=cfg.name, job_type="run")
     try:
         metrics = run_experiment(cfg, out_dir, resume=resume, progress=progress, tracker=tracker,
@@ -155,7 +155,8 @@ def run(config: Path = typer.Argument(..., help="experiment YAML (see experiment
         ex.shutdown()
     con = Console()
     table = summary_table(metrics)
-    con = Console(width=max(con.width, con.measure(table).maximum))   # never fold numbers
+    # numbers are never folded: a console narrower than the tables' minimum is widened
+    con = Console(width=max(con.width, Console(width=1000).measure(table).minimum))
     con.print(table)
     if metrics.get("evaluated_on", "").startswith("validation"):
         con.print(f"[yellow]metrics are on {metrics['evaluated_on']}[/yellow]")
@@ -275,10 +276,11 @@ def report(run_dir: Path = typer.Argument(..., help="finished run directory (pre
     from spagraph.regions import RegionSettings
     from spagraph.report import write_report
     if base_dir is None:          # where the run's YAML was: recorded by spagraph run
-        from spagraph.utils import read_json
-        mpath = run_dir / "metrics.json"
-        m = read_json(mpath, "run metrics") if mpath.exists() else {}       # a corrupt file is named
-        rec = m.get("base_dir") if isinstance(m, dict) else None
+        import json
+        try:                      # a damaged metrics.json is reported by write_report, naming it
+            rec = json.loads((run_dir / "metrics.json").read_text()).get("base_dir")
+        except (OSError, ValueError, AttributeError):
+            rec = None
         base_dir = Path(rec) if rec else None
     try:
         path = write_report(run_dir, base_dir=base_dir,

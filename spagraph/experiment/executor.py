@@ -122,9 +122,9 @@ class RayExecutor:
         self._remote: dict = {}
 
     def _fn(self, fn: Callable):
-        if fn not in self._remote:
-            self._remote[fn] = self.ray.remote(_run_in_worker)
-        return self._remote[fn]
+        if "task" not in self._remote:          # one remote wrapper; the task function is its argument
+            self._remote["task"] = self.ray.remote(_run_in_worker)
+        return self._remote["task"]
 
     def submit(self, fn: Callable, *args, name: str = "task", num_cpus: float = 1, num_gpus: float = 0,
                **kwargs) -> Handle:
@@ -192,10 +192,7 @@ def get_executor(kind: str = "local", address: str | None = None, num_cpus: int 
         if address:
             raise ValueError("--address needs --executor ray")
         return LocalExecutor()
-    if threads is None:
-        import torch
-        threads = torch.get_num_threads() if os.environ.get("OMP_NUM_THREADS") == "1" else 1
-    return RayExecutor(address=address, num_cpus=num_cpus, threads=threads)
+    return RayExecutor(address=address, num_cpus=num_cpus, threads=threads or 1)
 
 
 def map_tasks(fn: Callable, items: Iterable, names: Iterable[str] | None = None, executor=None,

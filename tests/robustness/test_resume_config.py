@@ -115,3 +115,18 @@ def test_resume_when_crash_lands_on_the_early_stopping_epoch(tmp_path, one_threa
                    on_epoch=lambda f, s, e, r: ran.append(e))
     assert ran == [], f"the resumed fit trained epochs {ran} after early stopping had fired"
     assert comparable(tmp_path / "run") == comparable(tmp_path / "ref")
+
+
+@pytest.mark.bad_input
+def test_cli_resume_with_changed_config_exits_2_naming_keys(tmp_path, one_thread):
+    from typer.testing import CliRunner
+    from spagraph.cli import app
+    from spagraph.experiment.runner import run_experiment
+    run_experiment(_cfg(tmp_path), tmp_path / "run", progress=False, write_maps=False)
+    r = CliRunner().invoke(app, ["run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "--resume",
+                                 "--no-progress", "--set", "model.hidden=32"])
+    assert r.exit_code == 2, r.output
+    assert "model.hidden: 16 -> 32" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(app, ["run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"),
+                                 "--recompute-changed", "--no-progress"])
+    assert r.exit_code == 2 and "--recompute-changed needs --resume" in r.output
