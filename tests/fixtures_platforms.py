@@ -11,7 +11,7 @@ Xenium output bundle (Xenium Onboard Analysis 2.x)::
                                    feature_type in "Gene Expression", "Negative Control Probe",
                                    "Negative Control Codeword", "Unassigned Codeword", "Deprecated Codeword"
     cell_feature_matrix/           the same matrix as barcodes.tsv.gz / features.tsv.gz / matrix.mtx.gz
-    cells.parquet, cells.csv.gz    cell_id, x_centroid, y_centroid (microns), transcript_counts,
+    cells.parquet, cells.csv.gz    cell_id (bytes in parquet), x_centroid, y_centroid (microns), transcript_counts,
                                    control_probe_counts, genomic_control_counts, control_codeword_counts,
                                    unassigned_codeword_counts, deprecated_codeword_counts, total_counts,
                                    cell_area, nucleus_area (square microns), nucleus_count, segmentation_method
@@ -210,7 +210,8 @@ def write_xenium(root: Path, extent_um=(1600.0, 1300.0), cells_per_100um2: float
         "cell_area": area, "nucleus_area": area * 0.4, "nucleus_count": np.ones(n, np.int64),
         "segmentation_method": "Segmented by boundary stain (ATP1A1+CD45+E-Cadherin)"})
     if cells in ("parquet", "both"):
-        df.to_parquet(root / "cells.parquet", index=False)
+        # XOA >= 1.3 stores cell_id in parquet as a binary (bytes) column; the CSV holds text
+        df.assign(cell_id=[c.encode() for c in cell_ids]).to_parquet(root / "cells.parquet", index=False)
     if cells in ("csv", "both"):
         df.to_csv(root / "cells.csv.gz", index=False, compression="gzip")
     exp = {"major_version": 5, "minor_version": 0, "run_name": "synthetic", "region_name": f"region_{seed}",
@@ -239,9 +240,11 @@ def write_xenium(root: Path, extent_um=(1600.0, 1300.0), cells_per_100um2: float
         a = np.deg2rad(he_angle_deg)
         s = 1.0 / he_scale
         M = np.array([[s * np.cos(a), -s * np.sin(a), 150.0], [s * np.sin(a), s * np.cos(a), -80.0], [0, 0, 1]])
-        Minv = np.linalg.inv(M)
-        corners = np.array([[0, 0, 1], [shape_px[0], 0, 1], [0, shape_px[1], 1], [shape_px[0], shape_px[1], 1]]) @ Minv.T
-        w, h = np.ceil(corners[:, :2].max(0) + 20).astype(int)
+        corners = np.array([[0, 0, 1], [shape_px[0], 0, 1], [0, shape_px[1], 1], [shape_px[0], shape_px[1], 1]])
+        lo = (corners @ np.linalg.inv(M).T)[:, :2].min(0) - 10      # the H&E covers the whole Xenium region
+        M = M @ np.array([[1, 0, lo[0]], [0, 1, lo[1]], [0, 0, 1]])
+        corners = corners @ np.linalg.inv(M).T
+        w, h = np.ceil(corners[:, :2].max(0) + 10).astype(int)
         yy, xx = np.mgrid[0:h, 0:w]
         hp = np.c_[xx.ravel(), yy.ravel(), np.ones(xx.size)] @ M.T
         um = hp[:, :2] * XENIUM_PIXEL_UM

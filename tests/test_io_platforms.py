@@ -272,7 +272,6 @@ def test_spatialdata_round_trip_keeps_every_spot_and_result_key(tmp_path, one_th
     from spagraph.experiment.runner import run_experiment
     from spagraph.io.spatialdata import read_spatialdata, write_slice_spatialdata, write_spatialdata_predictions
     from spagraph.io.synthetic import make_synthetic_slice
-    from spagraph.train.saved import load_models, predict_slice
     cfg = validate_config({"name": "sd", "data": {"sources": [{"reader": "synthetic", "n_slices": 3, "n_spots": 150,
                                                                "seed": 11, "with_image": False}]},
                            "embed": {"image_encoder": None, "gene_encoder": "pca", "settings": {"n_pcs": 10}},
@@ -286,8 +285,7 @@ def test_spatialdata_round_trip_keeps_every_spot_and_result_key(tmp_path, one_th
     write_slice_spatialdata(a, z)
     b = read_spatialdata(z, label_key="annotation")
     assert b.n_obs == a.n_obs and b.n_vars == a.n_vars
-    assert list(b.obs["spot_name"] if "spot_name" in b.obs else sd.read_zarr(z).tables["table"].obs["spot_name"]) \
-        == list(a.obs_names)
+    assert list(b.obs_names) == list(a.obs_names)
     assert np.allclose(b.obsm["spatial"], a.obsm["spatial"]) and (b.X != a.X).nnz == 0
     assert (b.obs["cancer"].to_numpy(dtype=float, na_value=-1) == a.obs["cancer"].to_numpy(dtype=float, na_value=-1)).all()
     assert b.uns["spagraph_slice"]["has_image"] and b.uns["spagraph_slice"]["platform"] == "synthetic"
@@ -295,10 +293,15 @@ def test_spatialdata_round_trip_keeps_every_spot_and_result_key(tmp_path, one_th
     assert sb["images"]["hires"].shape == sa["images"]["hires"].shape
     for k in ("tissue_hires_scalef", "spot_diameter_fullres"):
         assert sb["scalefactors"][k] == pytest.approx(sa["scalefactors"][k]), k
-    predict_slice(load_models(model_dir), b, name="target", n_mc=2)
+    import anndata as ad
+    from typer.testing import CliRunner
+    from spagraph.cli import app
+    res = CliRunner().invoke(app, ["predict", str(model_dir), str(z), "--out", str(tmp_path / "p.h5ad"),
+                                   "--mc-passes", "2", "--no-plot", "--sdata-table", "spagraph"])
+    assert res.exit_code == 0, res.output
+    b = ad.read_h5ad(tmp_path / "p.h5ad")                    # what predict wrote into the slice
     keys = [c for c in b.obs.columns if c.startswith("spagraph_")]
     assert {"spagraph_score", "spagraph_pred", "spagraph_region", "spagraph_risk", "spagraph_uncertainty"} <= set(keys)
-    write_spatialdata_predictions(b, z)
     write_spatialdata_predictions(b, z)                       # overwrite in place, still one table
     s = sd.read_zarr(z)
     assert set(s.tables) == {"table", "spagraph"}
@@ -336,7 +339,7 @@ def test_visium_hd_bad_inputs_name_the_file(tmp_path):
         data = f["matrix/data"][:]
         data[0] = -3
         f["matrix/data"][...] = data
-    with pytest.raises(ValueError, match=r"filtered_feature_bc_matrix.h5: negative counts"):
+    with pytest.raises(ValueError, match=r"filtered_feature_bc_matrix.h5: .*negative counts.*first at spot .s_016um_"):
         read_visium_hd(outs)
 
 
@@ -353,5 +356,113 @@ def test_spatialdata_errors_are_clear(tmp_path):
         read_spatialdata(tmp_path / "s.zarr", table="nope")
     b = read_spatialdata(tmp_path / "s.zarr")
     assert not b.uns["spagraph_slice"]["has_image"] and b.n_obs == 60
+    from typer.testing import CliRunner
+    from spagraph.cli import app
+    res = CliRunner().invoke(app, ["info", str(tmp_path / "s.zarr")])
+    assert res.exit_code == 0 and "60 spots x 300 genes" in res.output and "image: none" in res.output, res.output
     with pytest.raises(ValueError, match="no prediction columns"):
         write_spatialdata_predictions(b, tmp_path / "s.zarr")
+
+
+def test_read_card_with_the_xenium_reader(tmp_path):
+    """A card with reader xenium + reader_options reads a fetched root laid out as the xehbc card says."""
+    import shutil
+    from spagraph.io.cards import read_card
+    root = tmp_path / "data"
+    truth = write_xenium(root / "rep1", extent_um=(300.0, 250.0), seed=8, he=True)
+    shutil.move(truth["annotation"], root / "rep1" / "annotation.csv")
+    shutil.move(truth["he_image"], root / "rep1" / "he_image.ome.tif")
+    shutil.move(truth["he_alignment"], root / "rep1" / "he_alignment.csv")
+    card = yaml.safe_load((REPO / "datasets" / "xehbc.yaml").read_text())
+    card.update(name="xe_mini", reader_options=dict(card["reader_options"], bin_um=50),
+                label_mapping={"cancer": ["invasive cancer"], "non_cancer": None})
+    p = tmp_path / "xe_mini.yaml"
+    p.write_text(yaml.safe_dump(card))
+    a = read_card(p, root)["rep1"]
+    meta = a.uns["spagraph_slice"]
+    assert meta["platform"] == "xenium" and meta["bin_um"] == 50 and meta["image_kind"] == "he"
+    assert meta["library_id"] == "rep1" and a.obs["cancer"].notna().all() and (a.obs["cancer"] == 1).any()
+
+
+def test_spatialdata_reads_what_spatialdata_io_writes_for_visium(tmp_path):
+    """spatialdata-io's own Visium converter -> .zarr -> read_spatialdata gives the slice read_spaceranger
+    gives (same barcodes, counts, full-resolution positions, hires scale factor)."""
+    sdio = pytest.importorskip("spatialdata_io")
+    from test_io_spaceranger import write_outs
+    from spagraph.io import read_spaceranger
+    from spagraph.io.spatialdata import read_spatialdata, _quiet
+    outs = write_outs(tmp_path / "vis", fmt="h5", n=40)
+    a = read_spaceranger(outs)
+    with _quiet():
+        sdio.visium(outs, dataset_id="vis").write(tmp_path / "v.zarr")
+    b = read_spatialdata(tmp_path / "v.zarr")
+    assert b.uns["spagraph_slice"]["sd_coordinate_system"] == "vis"
+    a = a[b.obs_names]
+    assert (b.X != a.X).nnz == 0 and np.allclose(b.obsm["spatial"], a.obsm["spatial"])
+    (sa,), (sb,) = a.uns["spatial"].values(), b.uns["spatial"].values()
+    assert sb["scalefactors"]["tissue_hires_scalef"] == pytest.approx(sa["scalefactors"]["tissue_hires_scalef"])
+    assert sb["scalefactors"]["spot_diameter_fullres"] == pytest.approx(sa["scalefactors"]["spot_diameter_fullres"])
+    assert sb["images"]["hires"].shape == sa["images"]["hires"].shape
+
+
+def test_morphology_pyramid_level_is_read_not_full_resolution(tmp_path):
+    """A pyramidal OME-TIFF (as Xenium writes its morphology images): the reader takes the smallest
+    level that is still >= 2000 px, never the full-resolution one."""
+    import tifffile
+    from spagraph.io._tenx import read_tiff_level
+    full = np.zeros((5000, 6000), np.uint16)
+    full[1000:2000, 1000:3000] = 3000
+    p = tmp_path / "pyr.ome.tif"
+    with tifffile.TiffWriter(p, bigtiff=True) as tw:
+        tw.write(full, subifds=2, photometric="minisblack", metadata={"axes": "YX"}, tile=(256, 256))
+        tw.write(full[::2, ::2], subfiletype=1, photometric="minisblack", tile=(256, 256))
+        tw.write(full[::4, ::4], subfiletype=1, photometric="minisblack", tile=(256, 256))
+    seen = []
+    orig = tifffile.TiffPageSeries.asarray
+
+    def spy(self, *a, **k):
+        arr = orig(self, *a, **k)
+        seen.append(arr.shape)
+        return arr
+    tifffile.TiffPageSeries.asarray = spy
+    try:
+        img, (w, h), s = read_tiff_level(p)
+    finally:
+        tifffile.TiffPageSeries.asarray = orig
+    assert seen == [(2500, 3000)]                      # only the 3000-px level was decoded
+    assert (w, h) == (6000, 5000) and img.shape[1:] == (2000, 3) and abs(img.shape[0] - 1667) <= 1
+    assert s == pytest.approx(2000 / 6000)
+    # the bright block lands where level-0 coordinates x scale say
+    assert img[int(1500 * s), int(2000 * s)].min() > 200 and img[int(3000 * s), int(4000 * s)].max() < 50
+
+
+def test_region_polygons_label_spots_geojson_and_xenium_explorer_csv(tmp_path):
+    """Labels from drawn regions: a Xenium Explorer selection CSV (microns) on a slice whose frame is a
+    rotated H&E, and a QuPath-style GeoJSON (full-resolution pixels) on a Visium HD slice; the smallest
+    containing polygon wins, spots outside every polygon are NA."""
+    root = tmp_path / "xe"
+    truth = write_xenium(root, extent_um=(400.0, 300.0), seed=9, he=True, he_angle_deg=20.0)
+    sel = tmp_path / "selections.csv"
+    sel.write_text("#Selection name,Area (um^2)\n#Tumour,6000\nSelection,X,Y\n"
+                   "tissue,0,0\ntissue,400,0\ntissue,400,300\ntissue,0,300\n"
+                   "invasive cancer,100,100\ninvasive cancer,250,100\ninvasive cancer,250,200\ninvasive cancer,100,200\n")
+    a = read_xenium(root, bin_um=25, annotation=sel, he_image=truth["he_image"], he_alignment=truth["he_alignment"],
+                    label_schema={"cancer": ["invasive cancer"], "non_cancer": None})
+    um = (np.c_[a.obsm["spatial"], np.ones(a.n_obs)] @ truth["alignment"].T)[:, :2] * XENIUM_PIXEL_UM
+    in_box = (um[:, 0] > 100) & (um[:, 0] < 250) & (um[:, 1] > 100) & (um[:, 1] < 200)
+    assert in_box.sum() >= 15
+    assert (a.obs["cancer"].to_numpy(dtype=float) == in_box).all()
+    outs = tmp_path / "hd" / "outs"
+    write_visium_hd(outs, extent_um=(320.0, 240.0), bin_sizes=(16,), seed=2, image=False)
+    px = lambda x, y: [x / HD_MICRONS_PER_PIXEL, y / HD_MICRONS_PER_PIXEL]  # noqa: E731
+    gj = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"classification": {"name": "invasive cancer"}},
+         "geometry": {"type": "Polygon", "coordinates": [[px(64, 64), px(160, 64), px(160, 160), px(64, 160), px(64, 64)],
+                                                          [px(96, 96), px(128, 96), px(128, 128), px(96, 128), px(96, 96)]]}}]}
+    g = tmp_path / "regions.geojson"
+    g.write_text(json.dumps(gj))
+    b = read_visium_hd(outs, annotation=g)
+    bum = b.obsm["spatial"] * HD_MICRONS_PER_PIXEL
+    inside = ((bum > 64) & (bum < 160)).all(1) & ~((bum > 96) & (bum < 128)).all(1)
+    assert inside.sum() == 36 - 4
+    assert (b.obs["cancer"].to_numpy(dtype=float, na_value=0) == inside).all() and b.obs["cancer"].isna().sum() == b.n_obs - 32

@@ -207,7 +207,10 @@ class TrainConfig(_Strict):
 
 
 class ProtocolConfig(_Strict):
-    kind: Literal["loso", "transfer", "fixed"] = "loso"
+    """``loso`` / ``transfer`` / ``fixed`` evaluate on test slices; ``fit`` trains a model for
+    deployment on every listed slice except the last ``n_val`` (whole held-out validation slices
+    for early stopping and the threshold rule) and has no test slice."""
+    kind: Literal["loso", "transfer", "fixed", "fit"] = "loso"
     n_val: int = Field(1, ge=1)   # whole slices held out of training for validation
 
 

@@ -44,35 +44,14 @@ def read_10x_matrix(path: Path) -> ad.AnnData:
     return a
 
 
-def check_sparse_counts(X: sp.spmatrix, path: Path, spots) -> sp.csr_matrix:
-    """Counts must be finite, non-negative integers; checked on the stored values only, so a 500k-bin
-    matrix is never densified. Returns CSR float32. (The dense twin is ``_checks.check_counts``.)"""
-    X = sp.csr_matrix(X)
-    if X.shape[0] == 0:
-        raise ValueError(f"{path}: no spots in the count matrix (empty slice)")
-    if X.shape[1] == 0:
-        raise ValueError(f"{path}: the count matrix has no genes")
-    d = X.data
-    if not np.issubdtype(d.dtype, np.number):
-        raise ValueError(f"{path}: count matrix holds non-numeric values")
-
-    def first_row(mask):
-        k = int(np.flatnonzero(mask)[0])
-        return spots[int(np.searchsorted(X.indptr, k, side="right") - 1)]
-    bad = ~np.isfinite(d)
-    if bad.any():
-        raise ValueError(f"{path}: NaN/Inf counts ({int(bad.sum())} values), first at spot {first_row(bad)!r}")
-    if (d < 0).any():
-        raise ValueError(f"{path}: negative counts ({int((d < 0).sum())} values), first at spot {first_row(d < 0)!r}")
-    frac = d != np.round(d)
-    if frac.any():
-        raise ValueError(f"{path}: non-integer counts ({int(frac.sum())} values), first at spot {first_row(frac)!r}; "
-                         "spagraph expects raw counts")
-    zero = np.asarray(X.sum(1)).ravel() == 0
-    if zero.any():
-        ids = [spots[i] for i in np.flatnonzero(zero)[:5]]
-        warnings.warn(f"{path}: {int(zero.sum())} spot(s) have zero counts in every gene, kept, e.g. {ids}")
-    X = X.astype(np.float32)
+def check_sparse_counts(X: sp.spmatrix, path: Path, spots, genes=None) -> sp.csr_matrix:
+    """Raw counts as CSR float32, checked by the common validation layer
+    (:func:`spagraph.io.validate.check_counts_matrix`, which never densifies a sparse matrix) so an
+    error names this file, the spot and the gene. Used on matrices that are transformed before the
+    slice exists (Xenium cells are checked before they are summed into pseudo-spots)."""
+    from spagraph.io.validate import check_counts_matrix
+    check_counts_matrix(X, str(path), spots, genes)
+    X = sp.csr_matrix(X, dtype=np.float32)
     X.sum_duplicates()
     return X
 

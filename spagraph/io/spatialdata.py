@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from spagraph.io._checks import check_positions, sum_duplicate_genes, unique_spots
+from spagraph.io._checks import sum_duplicate_genes, unique_spots
 from spagraph.io._tenx import HIRES_MAX_PX, check_sparse_counts, downscale, to_rgb_uint8
 from spagraph.io.labels import LabelSchema
 
@@ -46,6 +46,8 @@ def _quiet():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*autosharding.*")
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"(spatialdata|zarr|anndata|xarray|dask|ome_zarr).*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(spatialdata|zarr|ome_zarr|xarray|dask).*")
+        warnings.filterwarnings("ignore", message=r"Converting `region_key.*to categorical")
         yield
 
 
@@ -73,7 +75,7 @@ def _affine(element, cs: str) -> np.ndarray:
 
 
 def read_spatialdata(path: str | Path, table: Optional[str] = None, region: Optional[str] = None,
-                     image: Optional[str] = None, coordinate_system: str = "global", label_key: Optional[str] = None,
+                     image: Optional[str] = None, coordinate_system: Optional[str] = None, label_key: Optional[str] = None,
                      label_schema: LabelSchema | dict | None = None, layer: Optional[str] = None,
                      library_id: Optional[str] = None) -> ad.AnnData:
     """Read one region of a SpatialData ``.zarr`` as a slice.
@@ -82,6 +84,8 @@ def read_spatialdata(path: str | Path, table: Optional[str] = None, region: Opti
     ----------
     table : table name (default: the only table, else one named ``table``).
     region : the shapes / points element the table annotates (default: the table's only region).
+    coordinate_system : default ``global``, else the region's only one, else the one it maps to with the
+        identity (spatialdata-io's Visium objects name it after the dataset).
     image : reference image (default: the only image in ``coordinate_system``, else one whose name ends in
         ``hires_image`` / ``full_image`` / ``he_image``; none -> no image, positions in coordinate units).
     label_key : an ``obs`` column of the table holding annotation text (mapped with ``label_schema``).
@@ -149,6 +153,7 @@ def read_spatialdata(path: str | Path, table: Optional[str] = None, region: Opti
     else:
         raise ValueError(f"{where}: region is neither a shapes nor a points element "
                          f"(shapes: {list(sdata.shapes)}, points: {list(sdata.points)}); labels are not supported")
+    coordinate_system = coordinate_system or _pick_cs(el)
     T_el = _affine(el, coordinate_system)
     xy_cs = (np.c_[xy, np.ones(len(xy))] @ T_el.T)[:, :2]
     img_name = _pick_image(sdata, image, coordinate_system, where)
@@ -174,13 +179,16 @@ def read_spatialdata(path: str | Path, table: Optional[str] = None, region: Opti
     Xsrc = t.layers[layer] if layer else t.layers["counts"] if "counts" in t.layers else t.X
     if Xsrc is None:
         raise ValueError(f"{where}: the table has no counts (X is empty and no 'counts' layer)")
-    ids = pd.Index([str(i) for i in inst])
+    ids = pd.Index(t.obs_names.astype(str))               # barcodes / spot names when the table has them
+    if ids.duplicated().any():
+        ids = pd.Index([str(i) for i in inst])
     unique_spots(ids, where)
-    X = check_sparse_counts(sp.csr_matrix(Xsrc), where, ids)
+    X = check_sparse_counts(sp.csr_matrix(Xsrc), where, ids, t.var_names)
     X, genes = sum_duplicate_genes(X, t.var_names, where)
     out = ad.AnnData(X=X, obs=pd.DataFrame(index=ids), var=pd.DataFrame(index=genes))
     out.obsm["spatial"] = np.asarray(xy_px, dtype=np.float64)
-    check_positions(out.obsm["spatial"], where, out.obs_names)
+    from spagraph.io._checks import check_positions
+    check_positions(out.obsm["spatial"], where, out.obs_names)     # before the pitch below relies on it
     if not np.isfinite(spot_px):
         from scipy.spatial import cKDTree
         d, _ = cKDTree(out.obsm["spatial"]).query(out.obsm["spatial"], k=2)
@@ -205,7 +213,21 @@ def read_spatialdata(path: str | Path, table: Optional[str] = None, region: Opti
         schema = label_schema if isinstance(label_schema, LabelSchema) else LabelSchema.from_dict(label_schema)
         cls, canc = schema.apply(ann, where)
         out.obs["label_class"], out.obs["cancer"] = cls, canc.array
-    return out
+    from spagraph.io.validate import check_slice
+    return check_slice(out, source=where)
+
+
+def _pick_cs(el) -> str:
+    """``global`` when the element has it; else its only coordinate system; else the one it maps to with
+    the identity (spatialdata-io's Visium: the dataset id, in full-resolution pixels)."""
+    from spatialdata.transformations import Identity, get_transformation
+    ts = get_transformation(el, get_all=True)
+    if "global" in ts or not ts:
+        return "global"
+    if len(ts) == 1:
+        return next(iter(ts))
+    ident = [k for k, t in ts.items() if isinstance(t, Identity)]
+    return ident[0] if ident else sorted(ts)[0]
 
 
 def _pick_image(sdata, image, cs, where) -> Optional[str]:
@@ -288,7 +310,8 @@ def write_spatialdata_predictions(adata: ad.AnnData, path: str | Path, table_nam
     tbl = ad.AnnData(obs=obs)
     if "spagraph" in adata.uns:
         tbl.uns["spagraph"] = _plain(adata.uns["spagraph"])
-    tbl = TableModel.parse(tbl, region=region, region_key=rk, instance_key=ik)
+    with _quiet():
+        tbl = TableModel.parse(tbl, region=region, region_key=rk, instance_key=ik)
     with _quiet():
         sdata = sd.read_zarr(path)
     if table_name in sdata.tables:
@@ -342,14 +365,14 @@ def write_slice_spatialdata(adata: ad.AnnData, path: str | Path, region: str = "
     obs = obs[[c for c in obs.columns if not c.startswith(PRED_PREFIX)]]
     obs["region"] = pd.Categorical([region] * adata.n_obs)
     obs["spot_id"] = np.arange(adata.n_obs)
-    obs["spot_name"] = adata.obs_names.astype(str)
     for c in obs.columns:
         if pd.api.types.is_extension_array_dtype(obs[c].dtype) and not isinstance(obs[c].dtype, pd.CategoricalDtype):
             obs[c] = obs[c].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
-    tbl = ad.AnnData(X=sp.csr_matrix(adata.X), obs=obs.set_index(pd.Index([str(i) for i in range(adata.n_obs)])),
+    tbl = ad.AnnData(X=sp.csr_matrix(adata.X), obs=obs.set_index(pd.Index(adata.obs_names.astype(str))),
                      var=pd.DataFrame(index=adata.var_names.astype(str)))
     tbl.uns["spagraph_platform"] = adata.uns.get("spagraph_slice", {}).get("platform", "unknown")
-    tbl = TableModel.parse(tbl, region=region, region_key="region", instance_key="spot_id")
+    with _quiet():
+        tbl = TableModel.parse(tbl, region=region, region_key="region", instance_key="spot_id")
     images = {}
     img = spat.get("images", {}).get("hires")
     if img is not None:

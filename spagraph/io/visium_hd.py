@@ -30,7 +30,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from spagraph.io._checks import check_positions, sum_duplicate_genes, unique_spots
+from spagraph.io._checks import sum_duplicate_genes, unique_spots
 from spagraph.io._tenx import check_sparse_counts, read_10x_matrix, read_json, read_parquet_or_csv
 from spagraph.io.labels import LabelSchema
 
@@ -72,7 +72,8 @@ def read_visium_hd(path: str | Path, bin_um: Optional[int] = None, annotation: s
         or one ``square_XXXum/`` folder (then ``bin_um`` must match it or be left at its default).
     bin_um : bin size in microns: 2, 8 or 16 (or any ``square_XXXum`` present); default 16, or the
         size of the ``square_XXXum/`` folder given.
-    annotation : optional ``barcode,label`` CSV; label_schema maps its labels.
+    annotation : optional ``barcode,label`` CSV, or region polygons (GeoJSON in full-resolution pixels,
+        spagraph.io.polygons); label_schema maps its labels.
 
     Returns
     -------
@@ -107,7 +108,7 @@ def read_visium_hd(path: str | Path, bin_um: Optional[int] = None, annotation: s
     gene = mat.var["feature_types"].astype(str).to_numpy() == "Gene Expression"
     if not gene.any():
         raise ValueError(f"{src}: no feature of type 'Gene Expression'")
-    X = check_sparse_counts(mat.X[:, gene] if not gene.all() else mat.X, src, mat.obs_names)
+    X = check_sparse_counts(mat.X[:, gene] if not gene.all() else mat.X, src, mat.obs_names, mat.var_names[gene])
     X, genes = sum_duplicate_genes(X, mat.var_names[gene], src)
     spatial_dir = folder / "spatial"
     pos_file = next((p for p in (spatial_dir / "tissue_positions.parquet", spatial_dir / "tissue_positions.csv")
@@ -137,24 +138,12 @@ def read_visium_hd(path: str | Path, bin_um: Optional[int] = None, annotation: s
     out.obs["array_row"] = pos["array_row"].to_numpy()[idx]
     out.obs["array_col"] = pos["array_col"].to_numpy()[idx]
     out.obsm["spatial"] = xy
-    check_positions(xy, pos_file, out.obs_names)
     images = {}
-    from PIL import Image
+    from spagraph.io.validate import read_image_rgb8
     for key, name in (("hires", "tissue_hires_image.png"), ("lowres", "tissue_lowres_image.png")):
         p = spatial_dir / name
         if p.exists():
-            try:
-                with Image.open(p) as im:
-                    images[key] = np.asarray(im.convert("RGB"))
-            except (OSError, SyntaxError) as e:
-                raise ValueError(f"{p}: not a readable image: {e}") from None
-    if "hires" in images:
-        h, w = images["hires"].shape[:2]
-        s = xy * float(sf["tissue_hires_scalef"])
-        outside = (s[:, 0] < 0) | (s[:, 1] < 0) | (s[:, 0] >= w) | (s[:, 1] >= h)
-        if outside.any():
-            raise ValueError(f"{pos_file}: {int(outside.sum())} bin(s) fall outside tissue_hires_image.png ({w}x{h}), "
-                             f"e.g. {list(out.obs_names[outside][:3])}")
+            images[key] = np.asarray(read_image_rgb8(p))
     run = folder.parent.parent.parent.name if folder.parent.name == "binned_outputs" else folder.name
     lib = library_id or (run if run and run != "outs" else folder.name)
     out.uns["spatial"] = {lib: {"images": images, "scalefactors": {
@@ -164,7 +153,13 @@ def read_visium_hd(path: str | Path, bin_um: Optional[int] = None, annotation: s
     out.uns["spagraph_slice"] = {"library_id": lib, "platform": "visium_hd", "source": str(folder),
                                  "has_image": bool(images), "image_kind": "he" if images else "none",
                                  "bin_um": float(bin_um), "spot_size_um": float(bin_um), "microns_per_pixel": mpp}
+    from spagraph.io.polygons import attach_polygon_labels, is_polygon_file
     from spagraph.io.readers import attach_annotation_csv
-    attach_annotation_csv(out, annotation, label_schema)
+    if annotation is not None and is_polygon_file(annotation):
+        attach_polygon_labels(out, annotation, label_schema, lambda r: np.asarray(r) / mpp)
+    else:
+        attach_annotation_csv(out, annotation, label_schema)
     log.info("%s: %d bins of %d um x %d genes", folder, out.n_obs, bin_um, out.n_vars)
-    return out
+    from spagraph.io.validate import check_slice
+    return check_slice(out, source=folder, files={"counts": src, "positions": pos_file, "scalefactors": sf_file,
+                                                  "labels": annotation, "image": spatial_dir / "tissue_hires_image.png"})

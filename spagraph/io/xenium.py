@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from spagraph.io._checks import check_positions, sum_duplicate_genes, unique_spots
+from spagraph.io._checks import sum_duplicate_genes, unique_spots
 from spagraph.io._tenx import (check_sparse_counts, downscale, read_10x_matrix, read_json, read_parquet_or_csv,
                                read_tiff_level, to_rgb_uint8)
 from spagraph.io.labels import LabelSchema
@@ -96,7 +96,9 @@ def read_xenium(path: str | Path, bin_um: Optional[float] = 50.0, grid: Grid = "
         cells whose centroid falls in a spot are summed); ``grid="cells"`` keeps cells.
     min_cells : pseudo-spots with fewer cells are dropped (counted in ``uns``).
     annotation : CSV ``id,label``; ids are cell ids (binned: each spot takes the majority label of its
-        labelled cells, ``obs["annotation_frac"]`` its share) or pseudo-spot names.
+        labelled cells, ``obs["annotation_frac"]`` its share) or pseudo-spot names. Or region polygons
+        (spagraph.io.polygons): GeoJSON in full-resolution pixels, or a Xenium Explorer selection CSV
+        in microns; each spot takes the label of the smallest polygon holding its centre.
     he_image, he_alignment : post-Xenium H&E (TIFF / PNG / JPEG) and the 3x3 affine CSV mapping H&E
         pixels to morphology pixels; the H&E then becomes the full-resolution image.
     pixel_size : microns per morphology pixel, only when ``experiment.xenium`` lacks it.
@@ -149,7 +151,7 @@ def read_xenium(path: str | Path, bin_um: Optional[float] = 50.0, grid: Grid = "
     if dropped:
         log.info("%s: dropped control features: %s", src, ", ".join(f"{t}: {d['features']} features / "
                                                                    f"{d['counts']} counts" for t, d in dropped.items()))
-    X = check_sparse_counts(m.X[:, gene], src, m.obs_names)
+    X = check_sparse_counts(m.X[:, gene], src, m.obs_names, m.var_names[gene])
     X, genes = sum_duplicate_genes(X, m.var_names[gene], src)
     cell_ids = m.obs_names
 
@@ -215,7 +217,7 @@ def read_xenium(path: str | Path, bin_um: Optional[float] = 50.0, grid: Grid = "
 
     # --- frame: full-resolution image pixels
     morph_px = centres_um / pixel_size
-    images, image_kind, he_scale = {}, None, 1.0
+    images, image_kind, he_scale, mfile = {}, None, 1.0, None
     hires_scalef = 1.0
     if (he_image is None) != (he_alignment is None):
         raise ValueError("he_image and he_alignment go together (the H&E and its 3x3 alignment CSV)")
@@ -227,7 +229,6 @@ def read_xenium(path: str | Path, bin_um: Optional[float] = 50.0, grid: Grid = "
         img, (fw, fh), hires_scalef = _read_any_image(Path(he_image))
         images["hires"] = img
         image_kind = "he"
-        _warn_outside(spatial, fw, fh, he_image, names)
     else:
         spatial = morph_px
         if morphology:
@@ -243,7 +244,6 @@ def read_xenium(path: str | Path, bin_um: Optional[float] = 50.0, grid: Grid = "
     if rows is not None:
         out.obs["array_row"], out.obs["array_col"] = rows, cols
     out.obsm["spatial"] = np.asarray(spatial, dtype=np.float64)
-    check_positions(out.obsm["spatial"], path, out.obs_names)
     out.uns["spatial"] = {lib: {"images": images, "scalefactors": {
         "tissue_hires_scalef": float(hires_scalef), "tissue_lowres_scalef": float(hires_scalef),
         "spot_diameter_fullres": float(spot_px)}}}
@@ -252,8 +252,19 @@ def read_xenium(path: str | Path, bin_um: Optional[float] = 50.0, grid: Grid = "
         "image_kind": image_kind or "none", "spot_size_um": size_um, "bin_um": float(bin_um) if not keep_cells else 0.0,
         "grid": "cells" if keep_cells else grid, "n_cells": int(n_cells_total), "n_dropped_bins": n_dropped_bins,
         "pixel_size_um": pixel_size * he_scale, "dropped_features": dropped}
-    _attach_labels(out, annotation, label_schema, cell_ids, codes, keep_cells)
-    return out
+    from spagraph.io.polygons import attach_polygon_labels, is_polygon_file
+    if annotation is not None and is_polygon_file(annotation):
+        inv_he = np.linalg.inv(M) if he_image is not None else np.eye(3)
+
+        def um_to_fullres(r):
+            return (np.c_[np.asarray(r) / pixel_size, np.ones(len(r))] @ inv_he.T)[:, :2]
+        attach_polygon_labels(out, annotation, label_schema, um_to_fullres)
+    else:
+        _attach_labels(out, annotation, label_schema, cell_ids, codes, keep_cells)
+    from spagraph.io.validate import check_slice
+    return check_slice(out, source=path, files={"counts": src, "positions": cells_file, "labels": annotation,
+                                                "image": he_image or (mfile if image_kind == "dapi" else None)},
+                       outside_image="allow")   # an aligned H&E may cover only part of the panel (warned above)
 
 
 def read_alignment(path: Path) -> np.ndarray:
@@ -291,14 +302,6 @@ def _read_any_image(p: Path) -> tuple[np.ndarray, tuple[int, int], float]:
     h, w = arr.shape[:2]
     small, s = downscale(to_rgb_uint8(arr))
     return small, (w, h), s
-
-
-def _warn_outside(xy, w, h, img, names) -> None:
-    out = (xy[:, 0] < 0) | (xy[:, 1] < 0) | (xy[:, 0] >= w) | (xy[:, 1] >= h)
-    if out.mean() > 0.05:
-        import warnings
-        warnings.warn(f"{img}: {int(out.sum())} of {len(xy)} spots fall outside the image ({w}x{h}) after alignment, "
-                      f"e.g. {list(names[out][:3])}: is the alignment matrix the one for this H&E?")
 
 
 def _attach_labels(out: ad.AnnData, annotation, label_schema, cell_ids: pd.Index, codes: np.ndarray,
