@@ -155,7 +155,8 @@ def run(config: Path = typer.Argument(..., help="experiment YAML (see experiment
         ex.shutdown()
     con = Console()
     table = summary_table(metrics)
-    con = Console(width=max(con.width, con.measure(table).maximum))   # never fold numbers
+    # numbers are never folded: a console narrower than the tables' minimum is widened
+    con = Console(width=max(con.width, Console(width=1000).measure(table).minimum))
     con.print(table)
     if metrics.get("evaluated_on", "").startswith("validation"):
         con.print(f"[yellow]metrics are on {metrics['evaluated_on']}[/yellow]")
@@ -276,8 +277,10 @@ def report(run_dir: Path = typer.Argument(..., help="finished run directory (pre
     from spagraph.report import write_report
     if base_dir is None:          # where the run's YAML was: recorded by spagraph run
         import json
-        mpath = run_dir / "metrics.json"
-        rec = json.loads(mpath.read_text()).get("base_dir") if mpath.exists() else None
+        try:                      # a damaged metrics.json is reported by write_report, naming it
+            rec = json.loads((run_dir / "metrics.json").read_text()).get("base_dir")
+        except (OSError, ValueError, AttributeError):
+            rec = None
         base_dir = Path(rec) if rec else None
     try:
         path = write_report(run_dir, base_dir=base_dir,

@@ -272,3 +272,17 @@ def _umask():
     m = os.umask(0)
     os.umask(m)
     return m
+
+
+def test_run_summary_fits_80_columns_without_cutting_digits(fitted):
+    from rich.console import Console
+    from spagraph.experiment.progress import summary_table
+    m = dict(fitted[0].metrics)
+    m["per_slice"] = [dict(r, slice="a_very_long_slice_name_indeed") for r in m["per_slice"]]
+    con = Console(width=80, record=True, file=open(os.devnull, "w"))
+    con.print(summary_table(m))
+    text = con.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for k in ("auc", "f1", "sensitivity", "specificity", "f1_mixture"):
+        assert f"{m['mean'][k]:.3f}" in text, k              # every number whole
+    assert "a_very_lo…" in text                              # names shortened instead

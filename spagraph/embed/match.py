@@ -12,9 +12,11 @@ order, for each gene the model reads:
 Genes still missing are *filled by the encoder* with the value that means "not measured" in its
 normalised space: 0 after standardisation, i.e. the training mean of that gene (for ``pca`` the
 exact training mean of the standardised gene, so the gene adds nothing to any component). Zero
-*counts* would be wrong: after log1p and scaling, 0 counts read as strong under-expression and
-push every spot the same way. With per-slice z-scoring (``slice_norm: zscore``) 0 is also what
-any gene's slice average maps to, so a missing gene looks like a gene at its average everywhere.
+*counts* claim "not expressed": after log1p and training scaling that is a strong under-expression
+signal pushing every spot the same way (without per-slice z-scoring). With ``slice_norm: zscore``
+an all-zero gene also maps to 0, so the two fills coincide. On random removals from her2st
+sections the naive fill was not consistently worse (``benchmarks/gene_mismatch.py``); the mean
+fill is chosen because it asserts nothing about a gene that was not measured.
 
 How much this costs is measured by the missing genes' share of the encoder's weight
 (``encoder.gene_weights()``): for ``pca``, the sum of the missing genes' squared loadings over

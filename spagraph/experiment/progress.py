@@ -56,39 +56,49 @@ def _flags(df) -> str:
 
 
 def summary_table(metrics: dict):
-    """A rich Table: per slice (mean over seeds) AUC, F1 / sensitivity / specificity of the rule in
-    force, the rule, the label-free estimated cancer fraction next to the true one, the calibration
-    error and the guard's flags; the bottom row is mean ± std (prevalence: MAE over slices)."""
+    """Two rich tables (a ``Group``), each within 80 columns: per slice (mean over seeds) AUC, F1 /
+    sensitivity / specificity of the rule in force and F1 of the mixture rule, with mean and std;
+    then the decisions: the rule, the label-free estimated cancer fraction next to the true one,
+    the calibration error and the guard's flags (prevalence: MAE over slices). Slice names are
+    shortened (ellipsis), numbers never (no_wrap columns)."""
+    from rich import box
+    from rich.console import Group
     from rich.table import Table
     import pandas as pd
     rows = pd.DataFrame(metrics["per_slice"])
-    from rich import box
     on = " (validation slices)" if any(r.get("role") == "validation" for r in metrics["per_slice"]) else ""
-    t = Table(title=f"{metrics.get('experiment', '')} — protocol {metrics['protocol']}{on}, "
-                    f"undetermined {metrics['undetermined']}, threshold {metrics.get('threshold_method')}",
-              box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
-    # names are shortened (ellipsis), numbers never (no_wrap); the CLI widens the console to fit
-    for c in ("slice", "seeds", "n", "AUC", "F1", "sens.", "spec.", "F1@mix", "rule", "est. frac.", "true",
-              "ECE", "flags"):
-        if c == "slice":
-            t.add_column(c, justify="left", overflow="ellipsis", no_wrap=True, max_width=12)
-        else:
-            t.add_column(c, justify="left" if c in ("rule", "flags") else "right", no_wrap=True)
-    t.caption = ("F1 / sensitivity / specificity of the rule in force (auto: chosen by inner folds); F1@mix = the "
-                 "mixture rule; est. frac. = label-free estimated cancer fraction, true = labelled fraction; "
-                 "ECE = calibration error of the calibrated scores; flags = guard (DEGENERATE: calls replaced "
-                 "by the named fallback). Every rule side by side: metrics.json 'decisions' / the report.")
+
+    def table(title, cols, caption):
+        t = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
+                  collapse_padding=True)
+        for c in cols:
+            if c == "slice":
+                t.add_column(c, justify="left", overflow="ellipsis", no_wrap=True, max_width=10)
+            elif c in ("rule", "flags"):
+                t.add_column(c, justify="left", overflow="fold", max_width=28)
+            else:
+                t.add_column(c, justify="right", no_wrap=True)
+        return t
+
+    t = table(f"{metrics.get('experiment', '')} — protocol {metrics['protocol']}{on}, undetermined "
+              f"{metrics['undetermined']}, threshold {metrics.get('threshold_method')}",
+              ("slice", "seeds", "n", "AUC", "F1", "sens.", "spec.", "F1@mix"),
+              "F1 / sensitivity / specificity of the rule in force (auto: chosen by inner folds); F1@mix = the "
+              "mixture rule. Every rule side by side: metrics.json 'decisions' / the report.")
+    d = table("decisions", ("slice", "rule", "est. frac.", "true", "ECE", "flags"),
+              "est. frac. = label-free estimated cancer fraction, true = labelled fraction; ECE = calibration "
+              "error of the calibrated scores; flags = guard (DEGENERATE: calls replaced by the named fallback)")
     fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
     for s, df in rows.groupby("slice", sort=False):
         m = lambda k: pd.to_numeric(df[k], errors="coerce").mean() if k in df and df[k].notna().any() else None
         t.add_row(str(s), str(len(df)), str(int(df["n"].iloc[0])), fmt(m("auc")), fmt(m("f1")), fmt(m("sensitivity")),
-                  fmt(m("specificity")), fmt(m("f1_mixture")),
-                  ",".join(sorted(set(map(str, df["rule"])))) if "rule" in df else "",
+                  fmt(m("specificity")), fmt(m("f1_mixture")))
+        d.add_row(str(s), ",".join(sorted(set(map(str, df["rule"])))) if "rule" in df else "",
                   fmt(m("prevalence_estimate")), fmt(m("true_fraction")), fmt(m("ece")), _flags(df))
     mean, std = metrics["mean"], metrics["std"]
     keys = ("auc", "f1", "sensitivity", "specificity", "f1_mixture")
-    t.add_row("mean", "", "", *[fmt(mean.get(k)) for k in keys], "",
-              "MAE " + fmt((metrics.get("decisions") or {}).get("prevalence_mae")), "", fmt(mean.get("ece")), "",
-              style="bold")
-    t.add_row("± std", "", "", *[fmt(std.get(k)) for k in keys], "", "", "", fmt(std.get("ece")), "")
-    return t
+    t.add_row("mean", "", "", *[fmt(mean.get(k)) for k in keys], style="bold")
+    t.add_row("± std", "", "", *[fmt(std.get(k)) for k in keys])
+    d.add_row("mean", "", "MAE " + fmt((metrics.get("decisions") or {}).get("prevalence_mae")), "",
+              fmt(mean.get("ece")), "", style="bold")
+    return Group(t, d)

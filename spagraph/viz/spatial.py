@@ -50,13 +50,32 @@ def _discs(ax, pos, colours, diameter, edge=None, lw=0.0, zorder=2):
     return coll
 
 
+MAX_IMAGE_PX = 1200
+
+
+def _downscale(image: np.ndarray, scale: float, max_px: int) -> tuple[np.ndarray, float]:
+    """The image with its long side reduced to ``max_px`` (Lanczos) and the matching scale."""
+    from PIL import Image
+    h, w = image.shape[:2]
+    f = max_px / max(h, w)
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    small = Image.fromarray(arr).resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.LANCZOS)
+    return np.asarray(small), scale * f
+
+
 class SpatialCanvas:
     """Shared geometry of a slice's panels: positions in image pixels (or raw units), pitch, crop."""
 
-    def __init__(self, pos: np.ndarray, image: np.ndarray | None = None, image_scale: float = 1.0):
+    def __init__(self, pos: np.ndarray, image: np.ndarray | None = None, image_scale: float = 1.0,
+                 max_image_px: int = MAX_IMAGE_PX):
         pos = np.asarray(pos, dtype=float)
         if pos.ndim != 2 or pos.shape[1] != 2 or len(pos) == 0:
             raise ValueError(f"spot positions must have shape (n, 2) with n >= 1, got {pos.shape}")
+        if image is not None and max(image.shape[:2]) > max_image_px:
+            # panels are ~400 px wide: resample the H&E once, not in every panel at every savefig
+            image, image_scale = _downscale(image, image_scale, max_image_px)
         self.image = image
         self.pos = pos * (image_scale if image is not None else 1.0)
         self.pitch = spot_pitch(self.pos) if len(self.pos) > 1 else 1.0
