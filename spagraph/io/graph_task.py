@@ -8,11 +8,11 @@ each invisible to a linear model on spatially smoothed features:
   embedding column) and for programme B (an image embedding column); cancer patches have equal
   signs, normal patches opposite ones. Each programme alone is balanced across classes (AUC
   0.5 for any linear score of A, B and their disc means), only their product separates;
-* **a direction-dependent neighbourhood pattern**: programme C (a gene column) is a wave along
-  x in cancer patches and along y in normal ones (random phase per patch). Every spot's own C and
-  its isotropic disc means have the same distribution in both classes (a disc mean of a plane
-  wave depends on the wave length, not its direction); only the difference between neighbours in
-  the +x / -x sectors versus the +y / -y sectors (direction bins) tells the orientation.
+* **a direction-dependent neighbourhood pattern**: programme C (a gene column) rises along +x in
+  cancer patches and along +y in normal ones (a sawtooth of period ``period`` pitches, random
+  phase per patch). Every spot's own C and its isotropic disc means have the same distribution in
+  both classes (the pattern is the same up to a rotation); only the difference between the
+  neighbours in the +x and -x direction sectors (direction bins) tells which way C rises.
 
 The remaining embedding columns are noise. Labels come from the patch type; no undetermined
 spots. Orientation is part of the signal here (x versus y), so ``train.orient_augment`` must stay
@@ -26,7 +26,7 @@ import pandas as pd
 
 
 def graph_task_slice(n_spots: int = 500, seed: int = 0, patch_spots: int = 40, noise: float = 0.7,
-                     wavelength: float = 4.0, d_noise: int = 3) -> ad.AnnData:
+                     period: float = 6.0, d_noise: int = 3) -> ad.AnnData:
     """One slice: ``obsm["spatial"]`` (pixels, pitch 100), ``obsm["gene_emb"]`` (n, 2 + d_noise)
     columns [A, C, noise...], ``obsm["img_emb"]`` (n, 1 + d_noise) columns [B, noise...],
     ``obs["cancer"]`` Int8 and ``obs["patch"]``."""
@@ -43,13 +43,12 @@ def graph_task_slice(n_spots: int = 500, seed: int = 0, patch_spots: int = 40, n
         idx = np.flatnonzero(kind == cls)
         sign_a[idx] = rng.permutation(np.where(np.arange(len(idx)) % 2 == 0, 1.0, -1.0))
     sign_b = np.where(kind == 1, sign_a, -sign_a)
-    phase = rng.uniform(0, 2 * np.pi, n_patch)
+    phase = rng.uniform(0, period, n_patch)
     y = kind[patch]
     along = np.where(y == 1, pos[:, 0], pos[:, 1])
-    k = 2 * np.pi / wavelength
     a = sign_a[patch] + noise * rng.normal(size=n_spots)
     b = sign_b[patch] + noise * rng.normal(size=n_spots)
-    cw = 1.5 * np.sin(k * along + phase[patch]) + 0.3 * rng.normal(size=n_spots)
+    cw = 1.5 * (2 * ((along + phase[patch]) % period) / period - 1) + 0.3 * rng.normal(size=n_spots)
     gene = np.c_[a, cw, rng.normal(size=(n_spots, d_noise))].astype(np.float32)
     img = np.c_[b, rng.normal(size=(n_spots, d_noise))].astype(np.float32)
     obs = pd.DataFrame({"cancer": pd.array(y, dtype="Int8"), "patch": patch},
