@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@test -n "$(PY)" || { echo "need python3.11 (or python3) on PATH, or: make PY=/path/to/python ..."; exit 1; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev,text,spatial]'
+	$(BIN)/pip install -q -e '.[dev,text,spatial,ray,ann]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -16,6 +16,12 @@ import warnings
 import numpy as np
 
 
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets.
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0,
+                    "RTX 4090": 165.0}
+VIT_H14_TFLOP_PER_PATCH = 0.36     # forward pass of one 224-px patch through ViT-H/14 (~0.36 TFLOP)
+
+
 def _rate(fn, n_items: int, repeat: int = 1) -> float:
     fn()                                            # warm-up
     t = time.perf_counter()
@@ -30,6 +36,9 @@ def main() -> None:
     ap.add_argument("--skip-uni2h", action="store_true")
     ap.add_argument("--spots", type=int, default=2000)
     ap.add_argument("--sentence-spots", type=int, default=300)
+    ap.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak (default: looked up by name)")
+    ap.add_argument("--uni2h-batch", type=int, default=32)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the ViT (GPU)")
     args = ap.parse_args()
     import torch
     from spagraph.embed.gene import fit_gene_encoder
@@ -52,15 +61,25 @@ def main() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             t = time.perf_counter()
-            u = get_image_encoder("uni2h", {"device": dev})
+            u = get_image_encoder("uni2h", {"device": dev, "compile": args.compile})
             build = time.perf_counter() - t
-        x = rng.integers(0, 256, (32, 224, 224, 3), dtype=np.uint8)
-        u.encode_patches(x[:2])
+        x = rng.integers(0, 256, (args.uni2h_batch, 224, 224, 3), dtype=np.uint8)
+        u.encode_patches(x)                          # warm-up (and compilation) at the timed batch size
         t = time.perf_counter()
         for _ in range(args.uni2h_batches):
             y = u.encode_patches(x)
-        r = 32 * args.uni2h_batches / (time.perf_counter() - t)
-        print(f"uni2h (random weights) build {build:.1f} s; batch 32 on {dev}: {r:8.2f} patches/s  (out {y.shape})")
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        r = args.uni2h_batch * args.uni2h_batches / (time.perf_counter() - t)
+        print(f"uni2h (random weights) build {build:.1f} s; batch 32 on {dev} ({u.precision}, channels_last "
+              f"{u.channels_last}): {r:8.2f} patches/s  (out {y.shape})")
+        if dev == "cuda":
+            name = torch.cuda.get_device_name()
+            peak = args.peak_tflops or next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+            got = r * VIT_H14_TFLOP_PER_PATCH
+            print(f"  {got:.1f} TFLOP/s at {VIT_H14_TFLOP_PER_PATCH} TFLOP per 224-px ViT-H/14 patch"
+                  + (f" = {got / peak:.1%} of {name}'s dense bf16 peak ({peak} TFLOP/s)" if peak else
+                     f" (unknown peak for {name}: pass --peak-tflops)"))
     tr = [make_synthetic_slice(n_spots=args.spots, seed=s, n_genes=2000) for s in (1, 2)]
     te = make_synthetic_slice(n_spots=args.spots, seed=3, n_genes=2000)
     te_small = te[: min(args.spots, args.sentence_spots)].copy()

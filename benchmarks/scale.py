@@ -31,6 +31,8 @@ import tracemalloc
 
 import numpy as np
 
+from spagraph.graph.neighbours import ANN_THRESHOLD
+
 
 def hex_grid(n: int, pitch: float = 100.0) -> np.ndarray:
     """``n`` spot centres on a roughly square hex grid with the given pitch."""
@@ -47,7 +49,34 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def one_size(n: int, d_gene: int, max_full: int, train_cap: int, tile_size: float, seed: int = 0) -> dict:
+def pca_like(n: int, d: int, rng) -> np.ndarray:
+    """Features shaped like a gene embedding's principal components: 30 expression states (cluster
+    centres) plus noise, both with variance decaying as 1/j over the ``d`` components (isotropic
+    Gaussian noise would have no neighbour structure at all: every neighbour list is a tie)."""
+    lam = 1.0 / np.arange(1, d + 1)
+    centres = rng.normal(size=(30, d)) * np.sqrt(lam) * 2
+    return (centres[rng.integers(0, 30, n)] + rng.normal(size=(n, d)) * np.sqrt(lam)).astype(np.float32)
+
+
+def knn_recall(x: np.ndarray, edges: np.ndarray, k: int, rng, n_check: int = 2000) -> float:
+    """recall@k of the graph's feature neighbours against exact search, on ``n_check`` random spots."""
+    import torch
+    n = len(x)
+    s = rng.choice(n, min(n_check, n), replace=False)
+    xt = torch.from_numpy(np.asarray(x, dtype=np.float64))
+    exact = []
+    for a in range(0, len(s), 100):           # 100 x n float64 at a time (a 1M-spot slice: 0.8 GB)
+        d2 = torch.cdist(xt[s[a:a + 100]], xt)
+        d2[torch.arange(len(d2)), torch.from_numpy(s[a:a + 100])] = float("inf")
+        exact.append(torch.topk(d2, k, largest=False).indices.numpy())
+        del d2
+    exact = np.vstack(exact)
+    got = edges[0].reshape(n, k)      # grouped by destination spot, k each
+    return float(np.mean([len(set(exact[i]) & set(got[j])) / k for i, j in enumerate(s)]))
+
+
+def one_size(n: int, d_gene: int, max_full: int, train_cap: int, tile_size: float, seed: int = 0,
+             feature_knn: int = 10) -> dict:
     import anndata as ad
     import pandas as pd
     import torch
@@ -56,11 +85,13 @@ def one_size(n: int, d_gene: int, max_full: int, train_cap: int, tile_size: floa
     from spagraph.train.fit import TrainSettings, _batches, _loss, fit, predict_scores, seed_everything
     from spagraph.nn.model import SpaGraphNet
 
+    import spagraph.graph.build as gb
+    from spagraph.graph.neighbours import feature_knn_edges
     rng = np.random.default_rng(seed)
     pos = hex_grid(n)
     a = ad.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(n).astype(str)))
     a.obsm["spatial"] = pos
-    a.obsm["gene_emb"] = rng.normal(size=(n, d_gene)).astype(np.float32)
+    a.obsm["gene_emb"] = pca_like(n, d_gene, rng)
     a.obs["cancer"] = pd.array(rng.integers(0, 2, n), dtype="Int8")
     # warm-up (lazy initialisation of torch / PyG kernels) on a small graph, not timed
     w = ad.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(300).astype(str)))
@@ -71,10 +102,23 @@ def one_size(n: int, d_gene: int, max_full: int, train_cap: int, tile_size: floa
     rec = {"n": n, "threads": torch.get_num_threads(), "rss_start_mb": round(rss_mb(), 1)}
 
     gc.collect()
+    knn_time = []
+
+    def timed_knn(*args, **kw):      # the feature-kNN part of the build, timed on its own
+        t1 = time.perf_counter()
+        e = feature_knn_edges(*args, **kw)
+        knn_time.append(time.perf_counter() - t1)
+        return e
+
+    gb.feature_knn_edges = timed_knn
     tracemalloc.start()
     t = time.perf_counter()
-    g = build_slice_graph(a, GraphSettings(scales=[1.0, 2.0, 3.0], n_dir_bins=8), name=f"hex{n}")
+    g = build_slice_graph(a, GraphSettings(scales=[1.0, 2.0, 3.0], n_dir_bins=8, feature_knn=feature_knn), name=f"hex{n}")
     rec["build_s"] = time.perf_counter() - t
+    rec["feature_knn_s"] = knn_time[0] if knn_time else None
+    if feature_knn:
+        rec["knn_method"] = "approximate (ivf)" if n > ANN_THRESHOLD else "exact"
+        feats, knn_edges = np.asarray(a.obsm["gene_emb"]), g.edge_index_feat.numpy().copy()
     rec["build_tracemalloc_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
     rec["edges"] = int(sum(g[f"edge_index_{k}"].shape[1] for k in range(g.num_scales)))
@@ -85,7 +129,7 @@ def one_size(n: int, d_gene: int, max_full: int, train_cap: int, tile_size: floa
 
     tiles = n > max_full
     ts = TrainSettings(epochs=1, batch_mode="tiles" if tiles else "full", tile_size=tile_size, device="cpu")
-    ms = ModelSettings(contrastive_weight=0.0)
+    ms = ModelSettings(contrastive_weight=0.0, feature_smoothing=0.5 if feature_knn else 0.0)
     rec["mode"] = "tiles" if tiles else "full"
     rss0 = rss_mb()
     if n <= train_cap:
@@ -128,6 +172,9 @@ def one_size(n: int, d_gene: int, max_full: int, train_cap: int, tile_size: floa
     rec["rss_infer_delta_mb"] = round(rss_mb() - rss0, 1)
     assert s.shape == (n,) and np.isfinite(s).all()
     rec["rss_peak_mb"] = round(rss_mb(), 1)
+    rec["total_s"] = rec["build_s"] + rec["train_epoch_s"] + rec["infer_s"]
+    if feature_knn:     # after the peak above: the check itself must not count
+        rec["knn_recall_at_k"] = knn_recall(feats, knn_edges, feature_knn, rng)
     return rec
 
 
@@ -142,7 +189,11 @@ def exponents(recs: list[dict], key: str) -> list[float | None]:
 def print_table(recs: list[dict]) -> str:
     ex = {k: exponents(recs, k) for k in ("build_s", "train_epoch_s", "infer_s")}
     f = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731
-    lines = ["| spots | edges | build s (exp) | build tracemalloc peak MiB | train epoch s (exp) | mode | "
+    lines = ["| spots | feature kNN s | kNN | recall@k | total s | peak RSS MiB |", "|---|---|---|---|---|---|"]
+    for r in recs:
+        lines.append(f"| {r['n']:,} | {f(r.get('feature_knn_s'))} | {r.get('knn_method', 'off')} | "
+                     f"{f(r.get('knn_recall_at_k'))} | {f(r.get('total_s'))} | {r['rss_peak_mb']:.0f} |")
+    lines += ["", "| spots | edges | build s (exp) | build tracemalloc peak MiB | train epoch s (exp) | mode | "
              "infer s (exp) | tiling s | peak RSS MiB | RSS +train MiB | max tile nodes |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(recs):
@@ -162,7 +213,8 @@ def print_table(recs: list[dict]) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000, 1_000_000])
-    ap.add_argument("--d-gene", type=int, default=50)
+    ap.add_argument("--d-gene", type=int, default=20, help="gene embedding dims (her2st default: 20 PCs)")
+    ap.add_argument("--feature-knn", type=int, default=10, help="graph.feature_knn (her2st default 10; 0: off)")
     ap.add_argument("--max-full", type=int, default=50_000, help="full-graph training/inference up to this many spots")
     ap.add_argument("--train-cap", type=int, default=100_000, help="time training on at most this many spots, extrapolate beyond")
     ap.add_argument("--tile-size", type=float, default=40.0)
@@ -174,11 +226,11 @@ def main(argv=None) -> None:
         import torch
         torch.set_num_threads(a.threads)
     if a.one:
-        print("RESULT " + json.dumps(one_size(a.one, a.d_gene, a.max_full, a.train_cap, a.tile_size)))
+        print("RESULT " + json.dumps(one_size(a.one, a.d_gene, a.max_full, a.train_cap, a.tile_size, feature_knn=a.feature_knn)))
         return
     recs = []
     for n in a.sizes:
-        cmd = [sys.executable, __file__, "--one", str(n), "--d-gene", str(a.d_gene), "--max-full", str(a.max_full),
+        cmd = [sys.executable, __file__, "--one", str(n), "--d-gene", str(a.d_gene), "--feature-knn", str(a.feature_knn), "--max-full", str(a.max_full),
                "--train-cap", str(a.train_cap), "--tile-size", str(a.tile_size)] + (["--threads", str(a.threads)] if a.threads else [])
         t = time.time()
         p = subprocess.run(cmd, capture_output=True, text=True)

@@ -17,6 +17,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="spagraph: cancer tissue regions in spatial transcriptomics (H&E + genes on a spatial graph).")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from spagraph import __version__
+        typer.echo(f"spagraph {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")):
+    """spagraph: cancer tissue regions in spatial transcriptomics (H&E + genes on a spatial graph)."""
+    import spagraph  # noqa: F401  (installs the filter for third-party import-time deprecation noise)
+
+
 def _fail(msg: str) -> None:
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
@@ -100,6 +114,8 @@ def run(config: Path = typer.Argument(..., help="experiment YAML (see experiment
         out: Optional[Path] = typer.Option(None, "--out", help="output directory (default: the YAML's 'out', else runs/<name>)"),
         set_: Optional[List[str]] = typer.Option(None, "--set", help="override a key: --set train.lr=3e-4 (repeatable)"),
         resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in OUT"),
+        save_model: bool = typer.Option(False, "--save-model", help="save the trained models: OUT/model/ (protocol fit: "
+                                        "one per seed, an ensemble) or OUT/models/<fold>_s<seed>; spagraph predict reads them"),
         recompute_changed: bool = typer.Option(False, "--recompute-changed",
                                                help="with --resume: recompute the folds whose config or data changed instead of refusing"),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -130,14 +146,21 @@ def run(config: Path = typer.Argument(..., help="experiment YAML (see experiment
     tracker = make_tracker(cfg.track, cfg.to_dict(), out_dir, name=cfg.name, job_type="run")
     try:
         metrics = run_experiment(cfg, out_dir, resume=resume, progress=progress, tracker=tracker,
-                                 base_dir=config.resolve().parent, executor=ex, recompute_changed=recompute_changed)
+                                 base_dir=config.resolve().parent, executor=ex, recompute_changed=recompute_changed,
+                                 save_models=save_model)
     except (ValueError, FileNotFoundError, TaskFailed) as e:
         _fail(str(e))
     finally:
         tracker.finish()
         ex.shutdown()
     con = Console()
-    con.print(summary_table(metrics))
+    table = summary_table(metrics)
+    con = Console(width=max(con.width, con.measure(table).maximum))   # never fold numbers
+    con.print(table)
+    if metrics.get("evaluated_on", "").startswith("validation"):
+        con.print(f"[yellow]metrics are on {metrics['evaluated_on']}[/yellow]")
+    if save_model:
+        con.print(f"model:       {out_dir / ('model' if cfg.protocol.kind == 'fit' else 'models')}/")
     con.print(f"wall time {metrics['wall_time_s']:.1f} s")
     con.print(f"metrics:     {out_dir / 'metrics.json'}")
     con.print(f"predictions: {out_dir / 'predictions.csv'}")
@@ -155,7 +178,10 @@ def tune(config: Path = typer.Argument(..., help="experiment YAML with a 'search
          max_folds: Optional[int] = typer.Option(None, "--max-folds", help="use only the first N folds per trial"),
          nested: bool = typer.Option(True, "--nested/--no-nested", help="LOSO: one study per outer test slice over the other slices only (default); --no-nested: one study over all folds"),
          outer: Optional[List[str]] = typer.Option(None, "--outer", help="nested: tune only for these outer test slices"),
-         progress: bool = typer.Option(True, "--progress/--no-progress")):
+         progress: bool = typer.Option(True, "--progress/--no-progress"),
+         workers: int = typer.Option(1, "--workers", min=1, help="parallel tuning workers per study (default storage then journal:OUT/study.journal)"),
+         executor: str = typer.Option("local", "--executor", help="local | ray (workers in parallel)"),
+         address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address; default: a local Ray")):
     """Search hyper-parameters (TPE + median pruning on validation AUC); resumable; nested by default.
 
     Writes OUT/best_<slice>.yaml per outer test slice (nested) or OUT/best.yaml (--no-nested)."""
@@ -163,12 +189,18 @@ def tune(config: Path = typer.Argument(..., help="experiment YAML with a 'search
     from spagraph.experiment.config import ConfigError
     from spagraph.experiment.tune import tune as run_tune
     os.environ.setdefault("WANDB_MODE", "offline")
+    from spagraph.experiment.executor import TaskFailed, get_executor
     out.mkdir(parents=True, exist_ok=True)
+    if storage is None:
+        storage = f"journal:{out.resolve()}/study.journal" if workers > 1 else f"sqlite:///{out.resolve()}/study.db"
+    ex = get_executor(executor, address, workers if executor == "ray" and not address else None)
     try:
-        summary = run_tune(config, trials, storage or f"sqlite:///{out.resolve()}/study.db", out, set_, exclude,
-                           max_folds=max_folds, progress=progress, nested=nested, outer=outer)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+        summary = run_tune(config, trials, storage, out, set_, exclude, max_folds=max_folds, progress=progress,
+                           nested=nested, outer=outer, workers=workers, executor=ex)
+    except (ConfigError, ValueError, FileNotFoundError, TaskFailed) as e:
         _fail(str(e))
+    finally:
+        ex.shutdown()
     if "outer" in summary:
         for x, s in summary["outer"].items():
             typer.echo(f"outer test slice {x}: best inner validation AUC {s['best_value']:.4f} "
@@ -181,10 +213,11 @@ def tune(config: Path = typer.Argument(..., help="experiment YAML with a 'search
 
 @app.command()
 @_guarded
-def predict(model_dir: Path = typer.Argument(..., help="saved model folder (RUN/models/<fold>_s<seed>) or a folder of them (seed ensemble)"),
-            slice_path: Path = typer.Argument(..., metavar="SLICE", help="her2st root, Space Ranger outs/, or .h5ad"),
-            slice: Optional[str] = typer.Option(None, "--slice", help="slice name (her2st layout)"),
-            out: Path = typer.Option(..., "--out", help="output .h5ad (a .csv and a .png are written next to it)"),
+def predict(model_dir: Path = typer.Argument(..., help="saved model folder (RUN/model, RUN/models/<fold>_s<seed>) or a folder of them (seed ensemble)"),
+            slice_paths: List[Path] = typer.Argument(..., metavar="SLICE...", help=".h5ad files, Space Ranger outs/, her2st roots (with --slice) or, with --card, dataset roots"),
+            slice: Optional[List[str]] = typer.Option(None, "--slice", help="section name in a her2st root / card (repeatable)"),
+            card: Optional[str] = typer.Option(None, "--card", help="dataset card (datasets/<name>.yaml or a path); SLICE is the root it was fetched to"),
+            out: Path = typer.Option(..., "--out", help="output folder (one .h5ad + .csv + .png per slice, summary.csv), or X.h5ad for one slice"),
             mc_passes: int = typer.Option(20, "--mc-passes", help="MC-dropout passes per model for the uncertainty (0: off)"),
             boundary_pitches: float = typer.Option(1.0, "--boundary-pitches", help="boundary = spots within this many pitches of the other class"),
             k_hops: Optional[int] = typer.Option(None, "--k-hops", help="boundary by hops on the scale-1 graph instead of distance"),
@@ -192,61 +225,60 @@ def predict(model_dir: Path = typer.Argument(..., help="saved model folder (RUN/
             risk_level: float = typer.Option(0.25, "--risk-level", help="high-risk: predicted non-cancer with P(cancer), or P + 2 std, >= this"),
             threshold_method: Optional[str] = typer.Option(None, "--threshold-method", help="override the saved rule: prior_adjusted, expected_f1, spatial, quantile_beta, quantile_empirical, mixture, val_f1, val_youden, fixed"),
             threshold: Optional[float] = typer.Option(None, "--threshold", help="a fixed cut on the calibrated probability (overrides every rule)"),
-            plot: bool = typer.Option(True, "--plot/--no-plot", help="also write OUT.png (score, regions, risk maps)"),
+            gene_aliases: Optional[Path] = typer.Option(None, "--gene-aliases", help="CSV of gene name pairs (alias,symbol) tried after exact and case-insensitive matching"),
+            max_missing_weight: float = typer.Option(0.2, "--max-missing-weight", min=0.0, max=1.0,
+                                                     help="refuse a slice whose missing genes carry more than this share of the gene encoder's weight"),
+            plot: bool = typer.Option(True, "--plot/--no-plot", help="also write a PNG map per slice (H&E, score, uncertainty, regions, risk)"),
             sdata_table: Optional[str] = typer.Option(None, "--sdata-table", help="SLICE is a SpatialData .zarr: also write the predictions into it as this table (annotating the same shapes)")):
-    """Predict a new slice with a saved model: score, prediction, regions, risk, uncertainty -> .h5ad + .csv."""
-    from spagraph.io import read_slice
-    from spagraph.train.saved import load_models, predict_slice, write_prediction
-    if out.suffix != ".h5ad":
-        _fail(f"--out must end in .h5ad, got {out}")
-    try:
-        models = load_models(model_dir)
-        adata = read_slice(slice_path, slice_name=slice)
-        name = slice or adata.uns.get("spagraph_slice", {}).get("library_id") or slice_path.stem
-        res = predict_slice(models, adata, name=str(name), n_mc=mc_passes, distance_pitches=boundary_pitches,
-                            k_hops=k_hops, max_spread=max_spread, risk_level=risk_level,
-                            threshold_method=threshold_method, threshold=threshold)
-        h5, csv = write_prediction(adata, res["table"], out)
+    """Predict new slices with a saved model: score, prediction, regions, risk, uncertainty -> .h5ad + .csv + .png per slice."""
+    from rich.console import Console
+    import spagraph.tl as tl
+    from spagraph.embed.match import read_aliases
+    aliases = read_aliases(gene_aliases) if gene_aliases else None
+    model = tl.load_model(model_dir)
+    inputs = tl.read_inputs(list(slice_paths), slice, card)
+    if sdata_table and len(inputs) != 1:
+        _fail(f"--sdata-table writes into one SpatialData store; {len(inputs)} slices were given")
+    con = Console(stderr=False)
+
+    def said(name, row):
+        g = f"; genes missing {row['genes_missing']} ({row['missing_weight']:.2%} of the encoder weight)" \
+            if row["genes_missing"] else ""
+        con.print(f"{name}: {row['cancer']}/{row['spots']} spots cancer at threshold {row['threshold']:.4f} "
+                  f"({row['rule']}){g} -> {row['h5ad']}", highlight=False, soft_wrap=True)
+        prev = row.get("prevalence")
+        con.print((f"  estimated cancer fraction {prev:.3f}; " if prev == prev and prev is not None else "  ")
+                  + f"{row.get('tumour_regions', 0)} tumour region(s); {row['high_risk']} high-risk spot(s)"
+                  + (f"; FLAGS: {row['flags']}" if row.get("flags") else ""), highlight=False, soft_wrap=True)
         if sdata_table:
             from spagraph.io.spatialdata import write_spatialdata_predictions
-            write_spatialdata_predictions(adata, slice_path, table_name=sdata_table)
-            typer.echo(f"table {sdata_table!r} written into {slice_path}")
-    except (ValueError, FileNotFoundError, OSError, ImportError) as e:
-        _fail(str(e))
-    t = res["table"]
-    typer.echo(f"{len(models)} model(s); threshold {res['threshold']:.4f} ({res['threshold_method']}); "
-               f"{int(t['pred'].sum())}/{len(t)} spots predicted cancer; regions: "
-               + ", ".join(f"{k} {v}" for k, v in t["region"].value_counts(sort=False).items()))
-    info = adata.uns["spagraph"]
-    prev = info.get("prevalence_estimate")
-    typer.echo((f"estimated cancer fraction {prev:.3f}; " if prev == prev else "") +
-               f"{len(info['tumour_regions']['region'])} tumour region(s); {int(t['high_risk'].sum())} high-risk spot(s)"
-               + (f"; FLAGS: {info['flags']}" if info.get("flags") else ""))
-    typer.echo(f"written: {h5}  {csv}")
-    if plot:
-        from spagraph.viz.spatial import plot_slice_panels, slice_image
-        img, scale = slice_image(adata)
-        lab = None
-        key = models[0].meta.get("label_key", "cancer")
-        if key in adata.obs and adata.obs[key].notna().any():
-            lab = adata.obs[key].astype("Float32").to_numpy(dtype=float, na_value=float("nan"))
-        png = plot_slice_panels(adata.obsm["spatial"], out.with_suffix(".png"), label=lab, score=t["score"].to_numpy(),
-                                uncertainty=t["uncertainty"].to_numpy(), pred=t["pred"].to_numpy(dtype=float),
-                                regions=t["region"].to_numpy(), risk=t["risk"].to_numpy(),
-                                high_risk=t["high_risk"].to_numpy(), title=str(name), image=img, image_scale=scale)
-        typer.echo(f"maps: {png}")
+            write_spatialdata_predictions(row["adata"], slice_paths[0], table_name=sdata_table)
+            con.print(f"table {sdata_table!r} written into {slice_paths[0]}", highlight=False, soft_wrap=True)
+
+    df, summ = tl.predict_many(model, inputs, out, plot=plot, on_slice=said, n_mc=mc_passes,
+                               distance_pitches=boundary_pitches, k_hops=k_hops, max_spread=max_spread,
+                               risk_level=risk_level, threshold_method=threshold_method, threshold=threshold,
+                               gene_aliases=aliases, max_missing_weight=max_missing_weight)
+    typer.echo(f"\n{len(model.members)} model(s) from {model_dir}")
+    typer.echo(tl.summary_text(df))
+    typer.echo(f"summary: {summ}")
 
 
 @app.command()
 @_guarded
 def report(run_dir: Path = typer.Argument(..., help="finished run directory (predictions.csv, metrics.json, config.yaml)"),
-           base_dir: Optional[Path] = typer.Option(None, "--base-dir", help="where the config's relative data paths start (default: working directory)"),
+           base_dir: Optional[Path] = typer.Option(None, "--base-dir", help="where the config's relative data paths start (default: the run's YAML folder, then the working directory)"),
            boundary_pitches: float = typer.Option(1.0, "--boundary-pitches", help="boundary = spots within this many pitches of the other class"),
            k_hops: Optional[int] = typer.Option(None, "--k-hops", help="boundary by hops on the scale-1 graph instead of distance"),
            max_spread: float = typer.Option(0.1, "--max-spread", help="high-risk needs spread over seeds (std) <= this")):
     """Write RUN_DIR/report.html (self-contained), regions.csv, high_risk.csv and boundary.csv."""
     from spagraph.regions import RegionSettings
     from spagraph.report import write_report
+    if base_dir is None:          # where the run's YAML was: recorded by spagraph run
+        import json
+        mpath = run_dir / "metrics.json"
+        rec = json.loads(mpath.read_text()).get("base_dir") if mpath.exists() else None
+        base_dir = Path(rec) if rec else None
     try:
         path = write_report(run_dir, base_dir=base_dir,
                             settings=RegionSettings(distance_pitches=boundary_pitches, k_hops=k_hops, max_spread=max_spread))
@@ -265,12 +297,20 @@ def bench(suite: Path = typer.Argument(..., help="suite YAML listing experiments
           out: Path = typer.Option(..., "--out", help="output directory: one folder per entry, table.md/csv, per_slice_auc.png"),
           only: Optional[List[str]] = typer.Option(None, "--only", help="run only this entry now (repeatable); finished ones stay in the table"),
           progress: bool = typer.Option(False, "--progress/--no-progress"),
-          threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: torch's default)")):
+          threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: torch's default)"),
+          executor: str = typer.Option("local", "--executor", help="local | ray (entries in parallel)"),
+          address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address; default: a local Ray"),
+          workers: Optional[int] = typer.Option(None, "--workers", min=1, help="CPUs of the local Ray (default: all)")):
     """Run a benchmark suite (resumable) and write its accuracy table and per-slice AUC heat-map."""
     _set_threads(threads)
     from spagraph.bench import run_suite
     from spagraph.bench.table import table_markdown
-    df = run_suite(suite, out, only=only, progress=progress)
+    from spagraph.experiment.executor import get_executor
+    ex = get_executor(executor, address, workers)
+    try:
+        df = run_suite(suite, out, only=only, progress=progress and executor == "local", executor=ex)
+    finally:
+        ex.shutdown()
     typer.echo(table_markdown(df))
     typer.echo(f"table: {out / 'table.md'}  {out / 'table.csv'}\nheat-map: {out / 'per_slice_auc.png'}")
 

@@ -67,6 +67,28 @@ def _mkdir(path: Path) -> None:
         raise
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it; no other way in the os module)."""
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
+
+
+def fix_mode(path: str | Path, directory: bool = False) -> None:
+    """Give a file made by ``mkstemp`` (0600) / a folder made by ``mkdtemp`` (0700) the mode a
+    plain ``open`` / ``mkdir`` would have: 0666 / 0777 minus the user's umask."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def fix_mode_tree(root: str | Path) -> None:
+    """``fix_mode`` on a folder and everything below it."""
+    root = Path(root)
+    fix_mode(root, directory=True)
+    for p in root.rglob("*"):
+        if not p.is_symlink():
+            fix_mode(p, directory=p.is_dir())
+
+
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
@@ -84,6 +106,8 @@ def atomic_path(path: str | Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        if os.path.exists(tmp):
+            fix_mode(tmp)          # mkstemp makes 0600 files: respect the umask like open() does
         os.replace(tmp, path)
     except BaseException as e:
         found = io_cause(e, path.parent) if isinstance(e, Exception) else None   # before the cleanup frees space
@@ -117,6 +141,7 @@ def atomic_dir(path: str | Path):
         if found is not None:
             raise WriteError(found[0], f"{path}{os.sep}", found[1]) from None
         raise
+    fix_mode(tmp, directory=True)   # mkdtemp makes 0700 folders; files inside were made by the caller
     old = None
     if path.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))

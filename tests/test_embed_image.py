@@ -189,3 +189,21 @@ def test_uni2h_kwargs_through_the_encoder_deterministic_and_batch_free():
     st = json.dumps(e1.settings(), sort_keys=True)                    # the cache key: stable, no addresses
     assert "0x" not in st and e1.settings()["model_kwargs"]["act_layer"] == "SiLU"
     assert "Glu" in e1.settings()["model_kwargs"]["mlp_layer"]         # SwiGLU(Packed) = GluMlp partial in timm
+
+
+def test_gpu_path_settings_bf16_channels_last_on_cpu():
+    """The GPU path's switches work on CPU too: bf16 autocast and channels_last stay close to fp32,
+    and bf16 enters the cache key (fp32 on CPU leaves the key as it was)."""
+    pytest.importorskip("timm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = get_image_encoder("timm:resnet18", {"device": "cpu"})
+        fast = get_image_encoder("timm:resnet18", {"device": "cpu", "precision": "bf16", "channels_last": True})
+    assert ref.precision == "fp32" and not ref.channels_last and "precision" not in ref.settings()
+    assert fast.settings()["precision"] == "bf16"
+    x = np.random.default_rng(5).integers(0, 256, (2, ref.input_size, ref.input_size, 3), dtype=np.uint8)
+    a, b = ref.encode_patches(x), fast.encode_patches(x)
+    assert b.dtype == np.float32 and b.shape == a.shape
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.98
+    with pytest.raises(ValueError, match="precision"):
+        get_image_encoder("timm:resnet18", {"device": "cpu", "precision": "fp8"})

@@ -93,3 +93,34 @@ def test_map_tasks_order_and_failure_names(ray_ex):
         map_tasks(square, [1, 3, 2], names=["a", "b", "c"], executor=ray_ex, on_done=lambda i, r: seen.append(i))
     assert list(err.value.failures) == ["b"] and "bad item 3" in err.value.failures["b"]
     assert sorted(seen) == [0, 2]          # the other tasks still finished and were handed over
+
+
+TUNE_YAML = """\
+name: tune_par
+data:
+  sources:
+    - {reader: synthetic, n_slices: 3, n_spots: 120, seed: 5, with_image: false}
+embed: {image_encoder: null, gene_encoder: pca, settings: {n_pcs: 8, n_hvg: 80}}
+graph: {scales: [1.0, 2.0]}
+model: {hidden: 16, heads: 2}
+train: {epochs: 2, patience: 10, seeds: [0]}
+track: {mode: disabled}
+search:
+  train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+"""
+
+
+def test_two_tune_workers_share_one_study(ray_ex, tmp_path):
+    import optuna
+    from spagraph.experiment.tune import open_storage, tune
+    (tmp_path / "t.yaml").write_text(TUNE_YAML)
+    storage = f"journal:{tmp_path}/study.journal"
+    s = tune(tmp_path / "t.yaml", 6, storage, tmp_path / "out", max_folds=1, progress=False, workers=2, executor=ray_ex,
+             nested=False)
+    study = optuna.load_study(study_name="tune_par", storage=open_storage(storage))
+    done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert 6 <= len(done) <= 7                   # each worker stops once 6 are finished (one may be in flight)
+    workers = {t.user_attrs["worker"] for t in study.trials}
+    assert len(workers) == 2, workers             # both workers wrote trials into the one study
+    assert s["n_complete"] + s["n_pruned"] == len(done)
+    assert (tmp_path / "out" / "best.yaml").exists()

@@ -102,7 +102,11 @@ def test_predict_write_back_keys_and_dtypes(saved, tmp_path):
     assert b.obs["spagraph_score"].dtype == np.float64 and b.obs["spagraph_score"].between(0, 1).all()
     assert b.obs["spagraph_pred"].dtype == np.int8 and set(b.obs["spagraph_pred"]) <= {0, 1}
     assert isinstance(b.obs["spagraph_region"].dtype, pd.CategoricalDtype)
-    assert list(b.obs["spagraph_region"].cat.categories) == ["tumour", "boundary", "healthy", "high_risk"]
+    cats = list(b.obs["spagraph_region"].cat.categories)
+    assert cats == [c for c in ["tumour", "boundary", "healthy", "high_risk"] if c in cats]      # order kept
+    assert all((b.obs["spagraph_region"] == c).any() for c in cats)                              # none empty
+    from spagraph.viz.spatial import REGION_COLOURS
+    assert list(b.uns["spagraph_region_colors"]) == [REGION_COLOURS[c] for c in cats]
     assert b.obs["spagraph_uncertainty"].dtype == np.float64 and (b.obs["spagraph_uncertainty"] > 0).any()
     assert b.obs["spagraph_risk"].dtype == np.float64
     u = b.uns["spagraph"]

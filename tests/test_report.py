@@ -66,15 +66,17 @@ def test_report_files_and_every_slice_image(run):
     out = write_report(d, slices=slices)
     page = out.read_text()
     assert out == d / "report.html" and page.startswith("<!DOCTYPE html>")
-    imgs = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    imgs = re.findall(r'<img alt="([^"]+)" src="data:image/(?:png|jpeg);base64,([A-Za-z0-9+/=]+)"', page)
     alts = [a for a, _ in imgs]
     for s in slices:
         assert f"{s} {s}_maps" in alts and f"{s} {s}_curves" in alts
         assert f'id="slice-{s}"' in page
-    for _, b64 in imgs:                               # real PNGs, not links
-        assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
+    for _, b64 in imgs:                               # real PNG / JPEG images, not links
+        head = base64.b64decode(b64)[:8]
+        assert head == b"\x89PNG\r\n\x1a\n" or head[:3] == b"\xff\xd8\xff"
+    assert not [p for p in d.iterdir() if "report_files" in p.name]      # nothing beside the page
     srcs = re.findall(r'src="([^"]{0,30})', page)
-    assert srcs and all(x.startswith("data:image/png;base64,") for x in srcs)   # self-contained
+    assert srcs and all(x.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for x in srcs)   # self-contained
     assert "<link" not in page and "<script" not in page
     assert "quantile_beta" in page and "handmade" in page and "boundary Dice" in page
     reg = pd.read_csv(d / "regions.csv", dtype={"spot": str})

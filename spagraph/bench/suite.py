@@ -117,16 +117,29 @@ def _run_reference(ent: dict, cfg, out: Path) -> dict:
     return metrics
 
 
+def _run_entry(job: dict) -> dict:
+    """One suite entry (an executor task): a reference scoring or a whole experiment run."""
+    from spagraph.experiment.runner import run_experiment
+    ent, cfg, edir = job["ent"], job["cfg"], Path(job["dir"])
+    if ent["reference"] is not None:
+        return _run_reference(ent, cfg, edir)
+    stale = (edir / "config.yaml").exists() and _hash_of(edir / "config.yaml") != cfg.config_hash()
+    return run_experiment(cfg, edir, resume=not stale, progress=job["progress"],
+                          base_dir=ent["experiment"].parent, write_maps=job["maps"])
+
+
 def run_suite(suite_path: str | Path, out_dir: str | Path, only: list[str] | None = None,
-              progress: bool = False) -> "pd.DataFrame":  # noqa: F821
+              progress: bool = False, executor=None) -> "pd.DataFrame":  # noqa: F821
     """Run (or reuse) every entry of a suite into ``out_dir/<name>/`` and write the tables.
 
     ``only``: names of entries to run now (the table still lists every entry already finished).
+    ``executor``: where entries run (default: one after the other in this process; a
+    :class:`~spagraph.experiment.executor.RayExecutor` runs them in parallel, one task each).
     Returns the table as a DataFrame (see :func:`spagraph.bench.table.suite_table`).
     """
+    from spagraph.experiment.executor import map_tasks
     from spagraph.bench.table import write_tables
     from spagraph.experiment.config import load_config
-    from spagraph.experiment.runner import run_experiment
     suite = load_suite(suite_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +148,7 @@ def run_suite(suite_path: str | Path, out_dir: str | Path, only: list[str] | Non
         if unknown:
             raise ValueError(f"--only {sorted(unknown)}: not entries of {suite_path}; "
                              f"entries: {[e['name'] for e in suite['entries']]}")
-    results = []
+    results, jobs = [], []
     for ent in suite["entries"]:
         cfg = load_config(ent["experiment"], ent["set"])
         kind = _entry_kind(ent, cfg)
@@ -153,13 +166,15 @@ def run_suite(suite_path: str | Path, out_dir: str | Path, only: list[str] | Non
             continue
         if done is None:
             log.info("suite entry %r (%s) -> %s", ent["name"], kind, edir)
-            if ent["reference"] is not None:
-                done = _run_reference(ent, cfg, edir)
-            else:
-                stale = (edir / "config.yaml").exists() and _hash_of(edir / "config.yaml") != cfg.config_hash()
-                done = run_experiment(cfg, edir, resume=not stale, progress=progress,
-                                      base_dir=ent["experiment"].parent, write_maps=suite["maps"])
-        results.append((ent["name"], kind, done))
+            jobs.append((len(results), {"ent": ent, "cfg": cfg, "dir": str(edir), "progress": progress,
+                                        "maps": suite["maps"]}))
+        results.append([ent["name"], kind, done])
+    if jobs:
+        ran = map_tasks(_run_entry, [j for _, j in jobs], names=[f"suite entry {j['ent']['name']!r}" for _, j in jobs],
+                        executor=executor)
+        for (i, _), m in zip(jobs, ran):
+            results[i][2] = m
+    results = [tuple(r) for r in results]
     atomic_write_json(out / "suite.json", {"suite": suite["path"], "name": suite["name"],
                                            "entries": [{"name": n, "kind": k, "dir": safe_name(n)} for n, k, _ in results]})
     return write_tables(results, out, suite["notes"], compare_to=suite["compare_to"])

@@ -20,8 +20,8 @@ import numpy as np
 EPS = 1e-6
 
 
-def logit(s) -> np.ndarray:
-    s = np.clip(np.asarray(s, dtype=float), EPS, 1 - EPS)
+def logit(s, eps: float = EPS) -> np.ndarray:
+    s = np.clip(np.asarray(s, dtype=float), eps, 1 - eps)
     return np.log(s) - np.log1p(-s)
 
 
@@ -51,6 +51,14 @@ class Calibration:
         if self.kind == "identity":
             return np.clip(s, 0.0, 1.0)
         raise ValueError(f"unknown calibration kind {self.kind!r}; expected platt, isotonic or identity")
+
+    def logits(self, scores) -> np.ndarray:
+        """log-odds of the calibrated probability, computed without saturating (Platt: exactly
+        ``a * logit(s) + b``; a probability rounded to 0 or 1 in float64 would lose the ranking)."""
+        s = np.asarray(scores, dtype=float)
+        if self.kind == "platt":
+            return self.a * logit(s) + self.b
+        return logit(np.clip(self(s), 1e-12, 1 - 1e-12))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -84,18 +84,19 @@ def decide_rules(scores, state: DecisionState, rules, edge_index=None, guard: bo
     s = np.asarray(scores, dtype=float)
     cal = state.calibration
     p = cal(s)
+    z = cal.logits(s)                     # unsaturated log-odds for the mixture fits
     em = em_prior(p, cal.prior)
     pi = em["prevalence"] if em["prevalence"] is not None else cal.prior
     q = em["posteriors"]
-    bim = bimodality(p)
-    mix = mixture_fit(p)
+    bim = bimodality(z=z)
+    mix = mixture_fit(z=z)
     pi_mix, r_mix = (None, None) if mix is None else mix
     cache: dict[str, tuple] = {}
 
     def calls(r):
         if r not in cache:
             cache[r] = rule_calls(r, p, q, cal.prior, pi, state.val_prob, state.val_f1, state.val_youden,
-                                  state.fixed, edge_index, pi_mix, r_mix)
+                                  state.fixed, edge_index, pi_mix, r_mix, z)
         return cache[r]
 
     out = {}

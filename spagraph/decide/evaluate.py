@@ -68,14 +68,16 @@ def score_fold(cfg, graphs: dict, fold, seed: int, scores: dict) -> tuple[list[d
     rule, choice = fold_rule(cfg, graphs, fold)
     cal = state.calibration
     rows, preds = [], []
-    for t in fold.test:
+    # protocol fit has no test slice: its validation slices are reported, marked as such
+    role = "test" if fold.test else "validation"
+    for t in (fold.test or fold.val):
         g, s = graphs[t], np.asarray(scores[t], dtype=float)
         ei = g.edge_index_0.numpy() if hasattr(g, "edge_index_0") else None
         sd = decide_rules(s, state, RULES, ei)          # labels of t are not an input
         d = sd.rules[rule]
         y = g.y.numpy()
         m = ~np.isnan(y)
-        row = {"slice": t, "seed": seed, "rule": rule, "rule_choice": choice, "threshold_method": d.used,
+        row = {"slice": t, "seed": seed, **({"role": role} if role != "test" else {}), "rule": rule, "rule_choice": choice, "threshold_method": d.used,
                "threshold": float(d.threshold), "flags": list(d.flags), "fallback": d.fallback,
                "predicted_fraction": float(d.pred.mean()) if len(d.pred) else None,
                "prevalence_em": sd.prevalence, "prevalence_mixture": sd.prevalence_mixture,

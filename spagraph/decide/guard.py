@@ -20,13 +20,14 @@ ASHMAN_D = 2.0
 MIN_WEIGHT = 0.05
 
 
-def bimodality(prob) -> dict:
-    """``{"bimodal", "ashman_d", "min_weight"}`` of a 2-component GMM on logit probabilities."""
+def bimodality(prob=None, z=None) -> dict:
+    """``{"bimodal", "ashman_d", "min_weight"}`` of a 2-component GMM on log-odds (``z``, or the
+    logit of ``prob``)."""
     from sklearn.mixture import GaussianMixture
-    p = np.asarray(prob, dtype=float)
-    if len(p) < 20 or np.ptp(p) < 1e-9:
+    z = logit(prob) if z is None else np.asarray(z, dtype=float)
+    if len(z) < 20 or np.ptp(z) < 1e-9:
         return {"bimodal": False, "ashman_d": None, "min_weight": None}
-    gm = GaussianMixture(2, random_state=0, n_init=2).fit(logit(p)[:, None])
+    gm = GaussianMixture(2, random_state=0, n_init=2).fit(z[:, None])
     mu = gm.means_.ravel()
     var = gm.covariances_.ravel()
     d = float(np.sqrt(2) * abs(mu[0] - mu[1]) / np.sqrt(var.sum()))

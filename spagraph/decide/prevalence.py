@@ -52,17 +52,24 @@ def em_prior(prob, pi0: float, tol: float = 1e-6, max_iter: int = 500) -> dict:
     return {"prevalence": pi, "posteriors": adjust_posteriors(p, pi0, pi), "n_iter": it, "converged": converged}
 
 
-def mixture_fit(prob) -> tuple[float, np.ndarray] | None:
-    """2-component GMM on logit scores: (weight of the higher-mean component, each spot's posterior
-    of belonging to it); None with < 10 spots or constant scores."""
+def fit_logit_mixture(z):
+    """2-component Gaussian mixture (sklearn) on log-odds ``z``; None with < 10 spots or constant z."""
     from sklearn.mixture import GaussianMixture
-    p = np.asarray(prob, dtype=float)
-    if len(p) < 10 or np.ptp(p) < 1e-9:
+    z = np.asarray(z, dtype=float)
+    if len(z) < 10 or np.ptp(z) < 1e-9:
         return None
-    z = logit(p)[:, None]
-    gm = GaussianMixture(2, random_state=0, n_init=2).fit(z)
+    return GaussianMixture(2, random_state=0, n_init=2).fit(z[:, None])
+
+
+def mixture_fit(prob=None, z=None) -> tuple[float, np.ndarray] | None:
+    """2-component GMM on log-odds (``z``, or the logit of ``prob``): (weight of the higher-mean
+    component, each spot's posterior of belonging to it); None with < 10 spots or constant scores."""
+    z = logit(prob) if z is None else np.asarray(z, dtype=float)
+    gm = fit_logit_mixture(z)
+    if gm is None:
+        return None
     hi = int(np.argmax(gm.means_.ravel()))
-    return float(gm.weights_[hi]), gm.predict_proba(z)[:, hi]
+    return float(gm.weights_[hi]), gm.predict_proba(z[:, None])[:, hi]
 
 
 def mixture_prevalence(prob) -> float | None:

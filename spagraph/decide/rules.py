@@ -56,9 +56,26 @@ def neighbourhood_mean(values, edge_index, n: int) -> np.ndarray:
     return tot / cnt
 
 
+def mixture_cut(z, fallback_p: float) -> tuple[float, str]:
+    """The log-odds where a 2-component Gaussian mixture's posteriors cross (as
+    :func:`spagraph.train.thresholds.mixture_threshold`, on unsaturated log-odds ``z``); returned as
+    a probability. Falls back to ``fallback_p`` when the scores do not split into two components."""
+    from spagraph.decide.prevalence import fit_logit_mixture
+    gm = fit_logit_mixture(z)
+    if gm is None or gm.weights_.min() < 0.02:
+        return float(fallback_p), "fallback_val_threshold"
+    lo, hi = np.sort(gm.means_.ravel())
+    grid = np.linspace(lo, hi, 512)[:, None]
+    post = gm.predict_proba(grid)[:, int(np.argmax(gm.means_.ravel()))]
+    cross = np.flatnonzero(np.diff(np.sign(post - 0.5)) != 0)
+    if len(cross) == 0:
+        return float(fallback_p), "fallback_val_threshold"
+    return float(grid[cross[0], 0]), "mixture"
+
+
 def rule_calls(rule: str, prob, q, pi0: float, pi: float, val_prob, val_f1: float, val_youden: float,
                fixed: float, edge_index=None, pi_mix: float | None = None,
-               r_mix=None) -> tuple[float, np.ndarray, str]:
+               r_mix=None, z=None) -> tuple[float, np.ndarray, str]:
     """``(threshold on the calibrated scale, 0/1 calls, method actually used)`` of one rule."""
     from spagraph.train.thresholds import threshold_rules
     p = np.asarray(prob, dtype=float)
@@ -73,10 +90,12 @@ def rule_calls(rule: str, prob, q, pi0: float, pi: float, val_prob, val_f1: floa
         if edge_index is None:
             return t, (p >= t).astype(int), "prior_adjusted (no graph)"
         return t, (neighbourhood_mean(q, edge_index, len(p)) >= 0.5).astype(int), rule
+    if rule in ("mixture", "mixture_spatial") and (rule == "mixture" or r_mix is None):
+        from spagraph.decide.calibration import logit, sigmoid
+        zz = logit(p, 1e-12) if z is None else np.asarray(z, dtype=float)
+        tz, used = mixture_cut(zz, float(logit(val_f1, 1e-12)))
+        return float(sigmoid(tz)), (zz >= tz).astype(int), used if rule == "mixture" else f"{used} (no mixture posteriors)"
     if rule == "mixture_spatial":
-        if r_mix is None:
-            t, used = threshold_rules(["mixture"], val_prob, val_f1, val_youden, p, fixed)["mixture"]
-            return float(t), (p >= t).astype(int), f"{used} (no mixture posteriors)"
         r = np.asarray(r_mix, dtype=float)
         if edge_index is not None:
             r = neighbourhood_mean(r, edge_index, len(p))
@@ -87,8 +106,10 @@ def rule_calls(rule: str, prob, q, pi0: float, pi: float, val_prob, val_f1: floa
         if pi_mix is None or len(p) == 0:
             t = adjusted_cut(pi0, pi)
             return t, (p >= t).astype(int), "prior_adjusted (no mixture estimate)"
-        t = float(np.quantile(p, 1 - pi_mix, method="higher")) if pi_mix < 1 else float(p.min())
-        return t, (p >= t).astype(int), rule
+        from spagraph.decide.calibration import logit, sigmoid
+        zz = logit(p, 1e-12) if z is None else np.asarray(z, dtype=float)
+        tz = float(np.quantile(zz, 1 - pi_mix, method="higher")) if pi_mix < 1 else float(zz.min())
+        return float(sigmoid(tz)), (zz >= tz).astype(int), rule
     if rule in OLD_RULES:
         t, used = threshold_rules([rule], val_prob, val_f1, val_youden, p, fixed)[rule]
         return float(t), (p >= t).astype(int), used

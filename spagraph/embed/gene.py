@@ -170,17 +170,39 @@ class HVGEncoder:
         self.std = (Xs.std(0) + 1e-6).astype(np.float32)
         return self
 
-    def _scaled(self, adata) -> np.ndarray:
+    def _scaled(self, adata, fill_missing: bool = False) -> np.ndarray:
         if self.mean is None:
             raise RuntimeError("gene encoder used before fit()")
-        X = _lognorm(adata, self.genes, self.lib_genes)
-        if self.slice_norm == "zscore":
-            X = _slice_zscore(X)
-        return np.clip((X - self.mean) / self.std, -10, 10).astype(np.float32)
+        if not fill_missing:
+            X = _lognorm(adata, self.genes, self.lib_genes)
+            if self.slice_norm == "zscore":
+                X = _slice_zscore(X)
+            return np.clip((X - self.mean) / self.std, -10, 10).astype(np.float32)
+        # genes the slice lacks: 0 after standardisation, i.e. the training mean ("not measured"
+        # contributes nothing to any principal component); never 0 counts, which after log1p and
+        # scaling would read as "strongly under-expressed"
+        have = adata.var_names.get_indexer(self.genes) >= 0
+        Z = np.zeros((adata.n_obs, len(self.genes)), dtype=np.float32)
+        if have.any():
+            genes = [g for g, h in zip(self.genes, have) if h]
+            X = _lognorm(adata, genes, self.lib_genes)
+            if self.slice_norm == "zscore":
+                X = _slice_zscore(X)
+            Z[:, have] = np.clip((X - self.mean[have]) / self.std[have], -10, 10)
+        return Z
 
-    def transform(self, adata) -> np.ndarray:
-        """(n_spots, n_genes_kept) float32: z-scored log-expression (training statistics)."""
-        return self._scaled(adata)
+    def transform(self, adata, fill_missing: bool = False) -> np.ndarray:
+        """(n_spots, n_genes_kept) float32: z-scored log-expression (training statistics).
+
+        ``fill_missing``: genes of the encoder that ``adata`` lacks are set to 0 after
+        standardisation (the training mean) instead of raising; see ``gene_weights`` for how much
+        of the encoder they carry.
+        """
+        return self._scaled(adata, fill_missing)
+
+    def gene_weights(self) -> dict[str, float]:
+        """Each input gene's share of the encoder output: 1 per gene (each is one output column)."""
+        return {g: 1.0 for g in self.genes}
 
     def state_dict(self) -> dict:
         return {"kind": self.name, "n_hvg": self.n_hvg, "drop_housekeeping": self.drop_housekeeping,
@@ -233,11 +255,20 @@ class PCAEncoder(HVGEncoder):
         self.pc_mean = mu.astype(np.float32)
         return self
 
-    def transform(self, adata) -> np.ndarray:
-        """(n_spots, n_pcs) float32 principal-component scores."""
+    def transform(self, adata, fill_missing: bool = False) -> np.ndarray:
+        """(n_spots, n_pcs) float32 principal-component scores (``fill_missing``: as for ``hvg``)."""
         if self.components is None:
             raise RuntimeError("gene encoder used before fit()")
-        return ((self._scaled(adata) - self.pc_mean) @ self.components.T).astype(np.float32)
+        Z = self._scaled(adata, fill_missing)
+        if fill_missing:      # exactly the training mean of the standardised gene (clipping aside, ~0)
+            lack = adata.var_names.get_indexer(self.genes) < 0
+            Z[:, lack] = self.pc_mean[lack]
+        return ((Z - self.pc_mean) @ self.components.T).astype(np.float32)
+
+    def gene_weights(self) -> dict[str, float]:
+        """Each gene's squared loadings summed over the kept components (they sum to n_pcs)."""
+        w = (np.asarray(self.components, np.float64) ** 2).sum(0)
+        return {g: float(x) for g, x in zip(self.genes, w)}
 
     def state_dict(self) -> dict:
         return super().state_dict() | {"kind": "pca", "n_pcs": self.n_pcs, "components": _plain(self.components),

@@ -13,7 +13,11 @@ Settings (the ``settings`` dict shared with the gene encoders; unknown keys are 
 handcrafted: ``patch_scales`` (default ``[1.0, 2.8]``: the spot itself and its context),
 ``patch_size`` working resolution in px (112);
 timm / uni2h: ``weights`` local weights file, ``pretrained`` (download from the hub),
-``device`` ("auto"), ``seed`` (random init, 0), ``model_kwargs`` (timm only).
+``device`` ("auto"), ``seed`` (random init, 0), ``model_kwargs`` (timm only);
+GPU path (timm / uni2h): ``precision`` ("auto": bf16 autocast on CUDA, fp32 elsewhere; "bf16";
+"fp32"), ``channels_last`` (default True on CUDA), ``compile`` (``torch.compile`` the model, False);
+on CUDA each batch is copied from pinned memory (non-blocking); use ``num_workers`` > 0 so that
+cropping overlaps the GPU. Precision enters the cache key (bf16 features differ from fp32 ones).
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 COMMON_SETTINGS = {"patch_scale", "patch_px", "batch_size", "num_workers", "progress"}
 IMAGE_SETTINGS = COMMON_SETTINGS | {"patch_scales", "patch_size", "weights", "pretrained", "device", "seed",
-                                    "model_kwargs"}
+                                    "model_kwargs", "precision", "channels_last", "compile"}
 KNOWN = ("handcrafted", "uni2h", "timm:<model name>")
 
 
@@ -157,7 +161,8 @@ class TimmEncoder(ImageEncoder):
 
     def __init__(self, model_name: str, weights: str | None = None, pretrained: bool = False, device: str = "auto",
                  seed: int = 0, model_kwargs: dict | None = None, display_name: str | None = None,
-                 norm: tuple | None = None, **kw):
+                 norm: tuple | None = None, precision: str = "auto", channels_last: bool | None = None,
+                 compile: bool = False, **kw):
         super().__init__(**kw)
         import timm
         import torch
@@ -196,6 +201,14 @@ class TimmEncoder(ImageEncoder):
         self.model.eval()
         self.device = _device(device)
         self.model.to(self.device)
+        if precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"image encoder {self.name}: precision must be auto, bf16 or fp32, got {precision!r}")
+        cuda = self.device.type == "cuda"
+        self.precision = ("bf16" if cuda else "fp32") if precision == "auto" else precision
+        self.channels_last = cuda if channels_last is None else bool(channels_last)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self._forward = torch.compile(self.model) if compile else self.model
         cfg = timm.data.resolve_data_config({}, model=self.model)
         self._size = int(cfg["input_size"][-1])
         mean, std = norm if norm is not None else (cfg["mean"], cfg["std"])
@@ -215,13 +228,22 @@ class TimmEncoder(ImageEncoder):
     def encode_patches(self, patches: np.ndarray) -> np.ndarray:
         import torch
         x = (patches.transpose(0, 3, 1, 2).astype(np.float32) / 255.0 - self._mean) / self._std
-        with torch.inference_mode():
-            return self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self.device)).float().cpu().numpy()
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        else:
+            t = t.to(self.device)
+        if self.channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                    enabled=self.precision == "bf16"):
+            return self._forward(t).float().cpu().numpy()
 
     def settings(self) -> dict:
         return super().settings() | {"mean": self._mean.ravel().tolist(), "std": self._std.ravel().tolist(),
                                      "model": self.model_name, "weights": self.weights, "pretrained": self.pretrained,
                                      "seed": self.seed if not (self.weights or self.pretrained) else None,
+                                     **({"precision": "bf16"} if self.precision == "bf16" else {}),
                                      "model_kwargs": self._kwargs_repr}
 
 

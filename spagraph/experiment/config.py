@@ -29,7 +29,7 @@ class _Strict(BaseModel):
 RETIRED = {"train": {"val_smoothing": 1, "focal_gamma": 0.0}, "model": {"feature_smoothing_steps": 1}}
 # Keys added later: left out of the config hash while at their default, so runs and saved models
 # from before they existed keep their hash (resume, suite reuse and load_model checks).
-ADDED_LATER = {"train": {"orient_augment": False}}
+ADDED_LATER = {"train": {"orient_augment": False, "prior_rule_se": "hanley_mcneil"}}
 
 
 def _drop_retired(section: str, data):
@@ -186,6 +186,7 @@ class TrainConfig(_Strict):
     device: str = "auto"
     ema_decay: float = Field(0.0, ge=0, lt=1)
     one_se_rule: bool = True
+    prior_rule_se: Literal["hanley_mcneil", "delong"] = "hanley_mcneil"   # the standard error the one-SE rule uses
     orient_augment: bool = False   # random cyclic shift + reflection of the direction bins per slice and step
     seeds: list[int] = Field(default_factory=lambda: [0])
 
@@ -206,7 +207,10 @@ class TrainConfig(_Strict):
 
 
 class ProtocolConfig(_Strict):
-    kind: Literal["loso", "transfer", "fixed"] = "loso"
+    """``loso`` / ``transfer`` / ``fixed`` evaluate on test slices; ``fit`` trains a model for
+    deployment on every listed slice except the last ``n_val`` (whole held-out validation slices
+    for early stopping and the threshold rule) and has no test slice."""
+    kind: Literal["loso", "transfer", "fixed", "fit"] = "loso"
     n_val: int = Field(1, ge=1)   # whole slices held out of training for validation
 
 
@@ -237,6 +241,22 @@ class SearchParam(_Strict):
     choices: Optional[list[Any]] = None
 
 
+class NestedConfig(_Strict):
+    """Nested leave-one-slice-out selection (``nested:``): for each outer test slice, every choice
+    below is made by an inner leave-one-slice-out over that fold's training slices only.
+
+    grid : dotted config keys -> candidate values (all combinations), scored by the cheap scorer:
+        the linear prior alone (fitted on the inner training slices, AUC on the inner test slice).
+    choose_deep : then, at the chosen grid point, the full model (inner validation = the next
+        inner slice, as outer) against the prior alone by mean inner test AUC; the outer fold runs
+        the winner.
+    inner_seed : seed of the inner deep fits.
+    """
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    choose_deep: bool = True
+    inner_seed: int = 0
+
+
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     model_type: Literal["spagraph", "baseline"] = "spagraph"
@@ -251,6 +271,7 @@ class ExperimentConfig(_Strict):
     track: TrackConfig = Field(default_factory=TrackConfig)
     out: Optional[str] = None
     search: dict[str, SearchParam] = Field(default_factory=dict)
+    nested: Optional[NestedConfig] = None
 
     @model_validator(mode="after")
     def _smoothing_needs_edges(self):
@@ -266,6 +287,8 @@ class ExperimentConfig(_Strict):
     def config_hash(self) -> str:
         d = self.to_dict()
         d.pop("out", None); d.pop("track", None); d.pop("search", None)
+        if d.get("nested") is None:
+            d.pop("nested", None)   # added later: configs without it keep their hash
         for section, keys in RETIRED.items():      # hashes as before those keys were removed ...
             d[section] = {**d[section], **keys}
         for section, keys in ADDED_LATER.items():  # ... and before these were added (at their default)

@@ -7,13 +7,20 @@ from pathlib import Path
 from spagraph.experiment.config import DataConfig, ExperimentConfig, SliceSource
 
 
-def resolve_path(p: str, base: Path | None = None) -> Path:
-    """A path from a YAML: absolute, else relative to the working directory, else to ``base``."""
+def resolve_path(p: str, base: Path | None = None, must_exist: bool = True) -> Path:
+    """A path from a YAML: absolute, else relative to ``base`` (the YAML's folder), else to the
+    working directory. When none exists (and ``must_exist``), FileNotFoundError names every path tried."""
     path = Path(p).expanduser()
-    if path.is_absolute() or path.exists() or base is None:
-        return path
-    alt = base / path
-    return alt if alt.exists() else path
+    if path.is_absolute():
+        tried = [path]
+    else:
+        tried = ([base / path] if base is not None else []) + [Path.cwd() / path]
+    for t in tried:
+        if t.exists():
+            return t
+    if must_exist:
+        raise FileNotFoundError(f"data path {p!r} not found; tried " + ", ".join(str(t.resolve()) for t in tried))
+    return tried[0]
 
 
 def load_source(src: SliceSource, base: Path | None = None) -> dict:
@@ -45,7 +52,7 @@ def load_source(src: SliceSource, base: Path | None = None) -> dict:
         return {src.name or default: read_platform(src.reader, p, **opt)}
     if src.reader == "card":
         from spagraph.io.cards import read_card
-        return read_card(src.card, resolve_path(src.root, base), src.names)
+        return read_card(src.card, resolve_path(src.root, base, must_exist=False), src.names)   # its error says how to fetch
     if src.reader != "synthetic":
         raise ValueError(f"unknown reader {src.reader!r}")
     from spagraph.io.synthetic import make_synthetic_dataset
@@ -85,6 +92,8 @@ def plan_folds(cfg: ExperimentConfig, names: list[str], groups: dict[str, str]) 
             val = rest[:min(n_val, len(rest) - 1)]
             folds.append(Fold(t, [r for r in rest if r not in val], val, [t]))
         return folds
+    if kind == "fit":
+        return [fit_fold(names, n_val, d.train, d.validate_)]
     if kind == "fixed":
         for key, lst in (("train", d.train), ("test", d.test)):
             if not lst:
@@ -106,3 +115,33 @@ def plan_folds(cfg: ExperimentConfig, names: list[str], groups: dict[str, str]) 
                          f"groups present: {sorted(set(groups.values()))}")
     val = src[-min(n_val, len(src) - 1):] if len(src) > 1 else []
     return [Fold(f"{d.source_group}->{d.target_group}", [s for s in src if s not in val], val, tgt)]
+
+
+def fit_fold(names: list[str], n_val: int = 1, train: list[str] | None = None,
+             validate: list[str] | None = None) -> Fold:
+    """The single fold of protocol ``fit`` (training a model for deployment).
+
+    Validation is whole held-out slices: ``data.validate`` when given, else the last ``n_val``
+    listed slices; training is every other slice (``data.train`` when given). There is no test
+    slice. Why held-out slices rather than an inner leave-one-slice-out ensemble: early stopping
+    and the validation threshold rules then see a slice the model never trained on, exactly as in
+    the ``loso`` evaluation whose numbers describe the method, and one fit per seed keeps the cost
+    of ``fit`` at that of one ``loso`` fold. The price: the validation slices' labels train nothing.
+    """
+    if validate:
+        val = list(validate)
+    else:
+        if len(names) < 2:
+            raise ValueError(f"protocol 'fit' needs at least 2 slices (training + {n_val} whole validation "
+                             f"slice(s)); got {len(names)}: {names}")
+        val = names[-min(n_val, len(names) - 1):]
+    tr = list(train) if train else [n for n in names if n not in val]
+    unknown = [n for n in tr + val if n not in names]
+    if unknown:
+        raise ValueError(f"data.train/validate name unknown slices {unknown}; known: {names}")
+    overlap = set(tr) & set(val)
+    if overlap:
+        raise ValueError(f"slices {sorted(overlap)} are both training and validation slices")
+    if not tr:
+        raise ValueError("protocol 'fit': no training slice left after holding out the validation slices")
+    return Fold("fit", tr, val, [])

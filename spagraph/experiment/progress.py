@@ -56,30 +56,39 @@ def _flags(df) -> str:
 
 
 def summary_table(metrics: dict):
-    """A rich Table: per-slice AUC / AP / F1 (mean over seeds) and the overall mean ± std."""
+    """A rich Table: per slice (mean over seeds) AUC, F1 / sensitivity / specificity of the rule in
+    force, the rule, the label-free estimated cancer fraction next to the true one, the calibration
+    error and the guard's flags; the bottom row is mean ± std (prevalence: MAE over slices)."""
     from rich.table import Table
     import pandas as pd
     rows = pd.DataFrame(metrics["per_slice"])
-    t = Table(title=f"{metrics.get('experiment', '')} — protocol {metrics['protocol']}, "
-                    f"undetermined {metrics['undetermined']}, threshold {metrics.get('threshold_method')}")
-    for c in ("slice", "seeds", "n", "AUC", "AP", "F1", "F1@val", "F1@q", "F1@mix", "F1@J", "F1@.5", "rule",
-              "prev.", "true", "ECE", "flags"):
-        t.add_column(c, justify="right" if c != "slice" else "left")
-    t.caption = ("F1 at the primary threshold, then at: val = validation F1-optimal, q = quantile-matched, "
-                 "mix = mixture on the slice's own scores, J = validation Youden, .5 = fixed 0.5 (calibrated); "
-                 "prev. = label-free estimated cancer fraction, true = labelled fraction, ECE = calibration error, "
-                 "flags = guard (DEGENERATE: calls replaced by the named fallback)")
+    from rich import box
+    on = " (validation slices)" if any(r.get("role") == "validation" for r in metrics["per_slice"]) else ""
+    t = Table(title=f"{metrics.get('experiment', '')} — protocol {metrics['protocol']}{on}, "
+                    f"undetermined {metrics['undetermined']}, threshold {metrics.get('threshold_method')}",
+              box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
+    # names are shortened (ellipsis), numbers never (no_wrap); the CLI widens the console to fit
+    for c in ("slice", "seeds", "n", "AUC", "F1", "sens.", "spec.", "F1@mix", "rule", "est. frac.", "true",
+              "ECE", "flags"):
+        if c == "slice":
+            t.add_column(c, justify="left", overflow="ellipsis", no_wrap=True, max_width=12)
+        else:
+            t.add_column(c, justify="left" if c in ("rule", "flags") else "right", no_wrap=True)
+    t.caption = ("F1 / sensitivity / specificity of the rule in force (auto: chosen by inner folds); F1@mix = the "
+                 "mixture rule; est. frac. = label-free estimated cancer fraction, true = labelled fraction; "
+                 "ECE = calibration error of the calibrated scores; flags = guard (DEGENERATE: calls replaced "
+                 "by the named fallback). Every rule side by side: metrics.json 'decisions' / the report.")
     fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
     for s, df in rows.groupby("slice", sort=False):
-        m = lambda k: df[k].astype(float).mean() if k in df and df[k].notna().any() else None
-        t.add_row(str(s), str(len(df)), str(int(df["n"].iloc[0])), fmt(m("auc")), fmt(m("ap")), fmt(m("f1")),
-                  fmt(m("f1_val_threshold")), fmt(m("f1_quantile")), fmt(m("f1_mixture")),
-                  fmt(m("f1_val_youden")), fmt(m("f1_fixed_0.5")),
+        m = lambda k: pd.to_numeric(df[k], errors="coerce").mean() if k in df and df[k].notna().any() else None
+        t.add_row(str(s), str(len(df)), str(int(df["n"].iloc[0])), fmt(m("auc")), fmt(m("f1")), fmt(m("sensitivity")),
+                  fmt(m("specificity")), fmt(m("f1_mixture")),
                   ",".join(sorted(set(map(str, df["rule"])))) if "rule" in df else "",
                   fmt(m("prevalence_estimate")), fmt(m("true_fraction")), fmt(m("ece")), _flags(df))
     mean, std = metrics["mean"], metrics["std"]
-    pm = lambda k: "n/a" if mean.get(k) is None else f"{mean[k]:.3f} ± {std[k]:.3f}"
-    t.add_row("mean ± std", "", "", pm("auc"), pm("ap"), pm("f1"), pm("f1_val_threshold"), pm("f1_quantile"),
-              pm("f1_mixture"), pm("f1_val_youden"), pm("f1_fixed_0.5"), "",
-              "MAE " + fmt((metrics.get("decisions") or {}).get("prevalence_mae")), "", pm("ece"), "", style="bold")
+    keys = ("auc", "f1", "sensitivity", "specificity", "f1_mixture")
+    t.add_row("mean", "", "", *[fmt(mean.get(k)) for k in keys], "",
+              "MAE " + fmt((metrics.get("decisions") or {}).get("prevalence_mae")), "", fmt(mean.get("ece")), "",
+              style="bold")
+    t.add_row("± std", "", "", *[fmt(std.get(k)) for k in keys], "", "", "", fmt(std.get("ece")), "")
     return t

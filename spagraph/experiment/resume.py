@@ -92,13 +92,13 @@ def _input_diff(old: dict | None, new: dict) -> list[str]:
 
 
 def _old_run_config(out: Path) -> dict | None:
-    import yaml
+    from spagraph.utils import load_yaml
     from spagraph.experiment.config import validate_config
     p = out / "config.yaml"
     if not p.exists():
         return None
     try:
-        return hashed_config(validate_config(yaml.safe_load(p.read_text())))
+        return hashed_config(validate_config(load_yaml(p.read_text(), p)))
     except Exception:  # noqa: BLE001 - an unreadable old config: nothing to compare against
         return None
 

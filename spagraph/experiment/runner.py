@@ -132,7 +132,11 @@ def summarise(cfg: ExperimentConfig, rows: list[dict], fold_reports: dict) -> di
     from spagraph.decide.evaluate import EXTRA_KEYS, summarise_decisions
     mean, std, count = mean_std(rows, METRIC_KEYS + EXTRA_KEYS)
     collapsed = [f"{r['slice']}/seed{r['seed']}" for r in rows if any("collapsed" in u for u in r.get("undefined", []))]
+    evaluated = ("validation slices (protocol 'fit' has no test slice; these labels chose the epoch and "
+                 "threshold, so the numbers are optimistic)" if any(r.get("role") == "validation" for r in rows)
+                 else "test slices")
     return {"protocol": cfg.protocol.kind, "experiment": cfg.name, "config_hash": cfg.config_hash(),
+            "evaluated_on": evaluated,
             "undetermined": "excluded", "threshold_method": cfg.threshold.method,
             "per_slice": rows, "mean": mean, "std": std, "n_defined": count,
             "collapsed_runs": collapsed, "folds": fold_reports, "decisions": summarise_decisions(rows)}
@@ -184,7 +188,7 @@ def check_inputs(cfg: ExperimentConfig) -> None:
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
                    on_epoch: Callable | None = None, tracker=None, base_dir: Path | None = None,
                    write_maps: bool = True, save_models: bool = False, executor=None,
-                   recompute_changed: bool = False) -> dict:
+                   recompute_changed: bool = False, slices: dict | None = None) -> dict:
     """Run all folds and seeds of an experiment and write its outputs to ``out_dir``.
 
     Each (fold, seed) is one task (:func:`spagraph.experiment.tasks.fit_task`) run by ``executor``
@@ -200,6 +204,10 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fa
     checkpoint, provided they were computed with this config and these inputs
     (:mod:`spagraph.experiment.resume`); otherwise :class:`~spagraph.experiment.resume.ResumeMismatch`
     names what differs, or with ``recompute_changed`` those tasks are recomputed.
+
+    ``save_models`` writes one model folder per fold and seed (:func:`model_path`; protocol ``fit``:
+    ``OUT/model/s<seed>``, one ensemble, with its ``model_card.md``). ``slices`` ({name: AnnData},
+    all in the default group) replaces reading ``cfg.data`` (the Python API's ``spagraph.tl.fit``).
     """
     from spagraph.experiment.executor import LocalExecutor
     from spagraph.experiment.progress import RunProgress
@@ -207,6 +215,9 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fa
     from spagraph.experiment.tasks import fit_task, prepare_fold, task_key, write_task_result
     from spagraph.experiment.tracking import NullTracker
     check_inputs(cfg)
+    if cfg.nested is not None:   # every choice by inner leave-one-slice-out: spagraph.experiment.nested
+        from spagraph.experiment.nested import run_nested
+        return run_nested(cfg, out_dir, resume=resume, progress=progress, base_dir=base_dir, write_maps=write_maps)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "folds").mkdir(exist_ok=True)
@@ -214,8 +225,13 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fa
     tracker = tracker or NullTracker()
     ex = executor or LocalExecutor()
     t0 = time.time()
-    slices, groups = load_slices(cfg.data, base_dir)
+    if slices is None:
+        slices, groups = load_slices(cfg.data, base_dir)
+    else:
+        groups = {n: "default" for n in slices}
     folds = plan_folds(cfg, list(slices), groups)
+    if save_models and cfg.model_type == "baseline":
+        raise ValueError("--save-model saves spagraph models; model_type 'baseline' has no saved-model format")
     seeds = list(cfg.train.seeds)
     if not seeds:
         raise ValueError("train.seeds is empty: give at least one seed, e.g. train: {seeds: [0]}")
@@ -291,9 +307,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fa
             res = results[(fold.name, seed)]
             fold_reports.setdefault(fold.name, res["fold"])
             all_rows.extend(res["rows"])
-            all_preds.append(pd.read_csv(out / "folds" / f"{task_key(fold.name, seed)}.csv",
-                                         dtype={"spot": str, "slice": str, "label": "Int8"},
-                                         float_precision="round_trip"))   # byte-identical rewrite
+            all_preds.append(_read_fold_csv(out / "folds" / f"{task_key(fold.name, seed)}.csv"))
     pred = pd.concat(all_preds, ignore_index=True)
     with atomic_path(out / "predictions.csv") as tmp:
         pred.to_csv(tmp, index=False)
@@ -301,6 +315,12 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fa
     metrics["undetermined_as_noncancer"] = secondary_undetermined_as_negative(pred, slices)
     metrics["wall_time_s"] = round(time.time() - t0, 2)
     metrics["executor"] = ex.kind
+    if base_dir is not None:
+        metrics["base_dir"] = str(Path(base_dir).resolve())   # where relative data paths start (report)
+    if save_models and cfg.protocol.kind == "fit" and (out / "model").is_dir():
+        from spagraph.train.saved import ensemble_card
+        from spagraph.utils import atomic_write_text
+        atomic_write_text(out / "model" / "model_card.md", ensemble_card(out / "model", metrics))
     atomic_write_json(out / "metrics.json", metrics)
     maps = write_slice_maps(pred, slices, out / "maps") if write_maps else []
     tracker.log_table("per_slice_metrics", [{k: v for k, v in r.items() if k != "undefined"} for r in all_rows])
@@ -311,9 +331,18 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fa
     return metrics
 
 
+def model_path(out: Path, cfg: ExperimentConfig, fold: Fold, seed: int) -> Path:
+    """Where ``--save-model`` puts a model: ``OUT/model/s<seed>`` for protocol ``fit`` (the seeds
+    of ``OUT/model`` form one ensemble for ``spagraph predict OUT/model``), else
+    ``OUT/models/<fold>_s<seed>``."""
+    if cfg.protocol.kind == "fit":
+        return Path(out) / "model" / f"s{seed}"
+    return Path(out) / "models" / f"{_safe(fold.name)}_s{seed}"
+
+
 def write_slice_maps(pred: pd.DataFrame, slices: dict, out: Path) -> list[Path]:
     """One label / score / prediction map per test slice (scores averaged over seeds)."""
-    from spagraph.viz.maps import plot_slice_map
+    from spagraph.viz.spatial import plot_slice_panels
     paths = []
     for s, df in pred.groupby("slice", sort=False):
         agg = df.groupby("spot", sort=False).agg(score=("score", "mean"), pred=("pred", "mean"), label=("label", "first"))
@@ -322,8 +351,11 @@ def write_slice_maps(pred: pd.DataFrame, slices: dict, out: Path) -> list[Path]:
         pos = np.asarray(a.obsm["spatial"])[idx]
         img, scale = _slice_image(a)
         lab = agg["label"].astype("Float32").to_numpy(dtype=float, na_value=np.nan)
-        paths.append(plot_slice_map(pos, lab, agg["score"].to_numpy(), (agg["pred"].to_numpy() >= 0.5).astype(int),
-                                    out / f"{_safe(s)}.png", title=s, image=img, image_scale=scale))
+        platform = (a.uns.get("spagraph_slice", {}) or {}).get("platform")
+        paths.append(plot_slice_panels(pos, out / f"{_safe(s)}.png", label=lab, score=agg["score"].to_numpy(),
+                                       pred=(agg["pred"].to_numpy() >= 0.5).astype(float), image=img, image_scale=scale,
+                                       platform=platform,
+                                       title=f"{s} (prediction: majority over seeds, each at its own threshold)"))
     return paths
 
 
@@ -340,6 +372,21 @@ def _slice_image(a):
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+
+
+def _read_fold_csv(path: Path) -> pd.DataFrame:
+    """One finished (fold, seed)'s predictions; a corrupt file is an error naming it."""
+    hint = "delete it and its .json to recompute that fold"
+    try:
+        df = pd.read_csv(path, dtype={"spot": str, "slice": str, "label": "Int8"},
+                         float_precision="round_trip")   # byte-identical rewrite
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, TypeError) as e:
+        raise ValueError(f"{path}: finished fold predictions are unreadable (corrupt or truncated?): "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; {hint}") from None
+    missing = {"slice", "spot", "seed", "score", "pred", "label"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: finished fold predictions lack column(s) {sorted(missing)} (corrupt?); {hint}")
+    return df
 
 
 def _jsonable(d):

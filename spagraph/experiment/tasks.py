@@ -65,8 +65,10 @@ def fit_task(cfg, prep: dict, fold, seed: int, out: str, on_epoch=None, digests:
            "history": info.get("history"), **stamp}
     write_task_result(out, res)
     if save_models and info.get("model") is not None:
+        from spagraph.experiment.runner import model_path
         from spagraph.train.saved import save_model
-        save_model(info["model"], cfg, graphs, fold, out / "models" / key, slices=slices, base_dir=base_dir, seed=seed)
+        save_model(info["model"], cfg, graphs, fold, model_path(out, cfg, fold, seed), slices=slices,
+                   base_dir=base_dir, seed=seed, gene_encoder=prep.get("gene_encoder"), val_metrics=rows)
     ckpt.unlink(missing_ok=True)
     log.info("%s seed %d: test AUC %s", fold.name, seed,
              ", ".join(f"{r['slice']} {r['auc']:.3f}" for r in rows if r.get("auc") is not None) or "n/a")

@@ -67,17 +67,41 @@ def _absolute_sources(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
             if src.get(k):
                 src[k] = str(resolve_path(src[k], base).resolve())
     if data["embed"].get("cache_dir"):
-        data["embed"]["cache_dir"] = str(resolve_path(data["embed"]["cache_dir"], base).resolve())
+        data["embed"]["cache_dir"] = str(resolve_path(data["embed"]["cache_dir"], base, must_exist=False).resolve())
     return validate_config(data)
+
+
+def open_storage(storage: str):
+    """An Optuna storage from a string: ``journal:PATH`` (Optuna's JournalStorage on a file: one
+    machine, many processes), else an RDB URL (``sqlite:///...``, ``postgresql://...``: a cluster)."""
+    import optuna
+    if storage.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+        path = Path(storage[len("journal:"):]).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    return storage
+
+
+def _tune_worker(kwargs: dict) -> dict:
+    """One parallel tuning worker (an executor task): trials until its study holds enough."""
+    return tune(**kwargs)
 
 
 def tune(config: str | Path, trials: int, storage: str, out: str | Path, overrides: list[str] | None = None,
          exclude: list[str] | None = None, seed: int = 0, max_folds: int | None = None,
-         progress: bool = True, nested: bool = True, outer: list[str] | None = None) -> dict:
+         progress: bool = True, nested: bool = True, outer: list[str] | None = None,
+         workers: int = 1, executor=None, _worker: bool = False) -> dict:
     """Run (or continue) the study (nested: one study per outer test slice) until each holds
     ``trials`` finished trials; write best.yaml (or best_<outer>.yaml), study.json and plots.
 
     ``outer``: nested only, the outer test slices to tune for (default: every slice).
+    ``workers`` > 1 runs that many tuning workers per study on ``executor`` (Ray: in parallel), all
+    on the one study in ``storage`` (``journal:FILE`` on one machine, an RDB URL on a cluster); each
+    stops once the study holds ``trials`` finished (complete or pruned) trials (one more may be in
+    flight). Worker ``i`` samples with seed ``seed + i``; every trial records its process id (user
+    attribute ``worker``). A parallel study is not reproducible trial by trial (who asks first
+    depends on timing); each trial's value is.
     """
     from spagraph.experiment.data import load_slices
 
@@ -92,9 +116,26 @@ def tune(config: str | Path, trials: int, storage: str, out: str | Path, overrid
         if x not in slices:
             raise ConfigError(f"--exclude {x}: no such slice; slices are {list(slices)}")
         slices.pop(x); groups.pop(x)
+    def launcher(outer_x):
+        if workers <= 1 or _worker:
+            return None
+        from spagraph.experiment.executor import map_tasks
+        if str(storage).startswith("sqlite") and executor is not None and executor.kind == "ray":
+            log.warning("--storage %s: SQLite locks under parallel writers; prefer journal:FILE on one machine "
+                        "or an RDB server URL on a cluster", storage)
+        base = dict(config=str(Path(config).resolve()), trials=trials, storage=storage, out=str(out),
+                    overrides=overrides, exclude=exclude, max_folds=max_folds, progress=False, nested=nested,
+                    outer=[outer_x] if outer_x is not None else None, _worker=True)
+        return lambda: map_tasks(_tune_worker, [base | {"seed": seed + i} for i in range(workers)],
+                                 names=[f"tune worker {i}" + (f" (outer {outer_x})" if outer_x else "")
+                                        for i in range(workers)], executor=executor)
+
     if not nested or cfg.protocol.kind != "loso":
         # fixed / transfer folds never score their test slices in a trial: one study is nested already
-        summary = _study(cfg, slices, groups, cfg.name, storage, trials, out, "best.yaml", seed, max_folds, progress)
+        summary = _study(cfg, slices, groups, cfg.name, storage, trials, out, "best.yaml", seed, max_folds, progress,
+                         launch=launcher(None), worker=_worker)
+        if _worker:
+            return summary
         summary.update({"excluded": exclude or [], "nested": cfg.protocol.kind != "loso"})
         atomic_write_json(out / "study.json", summary)
         return summary
@@ -106,7 +147,10 @@ def tune(config: str | Path, trials: int, storage: str, out: str | Path, overrid
     for x in outer or names:
         inner = {n: slices[n] for n in names if n != x}   # the outer test slice is not even loaded
         per_outer[x] = _study(cfg, inner, {n: groups[n] for n in inner}, f"{cfg.name}-outer-{x}", storage, trials,
-                              out, f"best_{_safe(x)}.yaml", seed, max_folds, progress, header=f"# outer test slice: {x}\n")
+                              out, f"best_{_safe(x)}.yaml", seed, max_folds, progress, header=f"# outer test slice: {x}\n",
+                              launch=launcher(x), worker=_worker)
+    if _worker:
+        return {"worker": os.getpid(), "outer": per_outer}
     summary = {"study": cfg.name, "storage": storage, "nested": True, "excluded": exclude or [],
                "objective": "per outer test slice: mean best-epoch validation AUC over the leave-one-slice-out "
                             "folds of the other slices (the outer slice never loaded)",
@@ -124,8 +168,12 @@ def _safe(name: str) -> str:
 
 
 def _study(cfg: ExperimentConfig, slices: dict, groups: dict, study_name: str, storage: str, trials: int,
-           out: Path, best_file: str, seed: int, max_folds: int | None, progress: bool, header: str = "") -> dict:
-    """One Optuna study over the protocol's folds of ``slices``; writes ``out/best_file`` and a plot."""
+           out: Path, best_file: str, seed: int, max_folds: int | None, progress: bool, header: str = "",
+           launch=None, worker: bool = False) -> dict:
+    """One Optuna study over the protocol's folds of ``slices``; writes ``out/best_file`` and a plot.
+
+    ``launch``: runs parallel workers on this study first (see :func:`tune`); ``worker``: this
+    process is one of them (trials until the study holds ``trials``, then return; nothing written)."""
     import optuna
     from spagraph.experiment.data import plan_folds
     from spagraph.experiment.runner import embed_and_graph, model_settings, train_settings
@@ -137,17 +185,21 @@ def _study(cfg: ExperimentConfig, slices: dict, groups: dict, study_name: str, s
     embed_keys = [k for k in cfg.search if k.split(".")[0] in ("embed", "graph")]
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=seed),
+    study = optuna.create_study(study_name=study_name, storage=open_storage(storage), load_if_exists=True,
+                                direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=5))
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # left by a killed process
+    if not worker:        # a worker must not fail its siblings' running trials
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # left by a killed process
+    if launch is not None:
+        launch()
     done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
                                                         optuna.trial.TrialState.PRUNED)))
     todo = max(0, trials - done)
     log.info("study %s: %d finished trials, running %d more", study_name, done, todo)
 
     def objective(trial):
+        trial.set_user_attr("worker", os.getpid())
         params = {k: _suggest(trial, k, p) for k, p in cfg.search.items()}
         tcfg = apply_params(cfg, params)
         seed0 = tcfg.train.seeds[0]
@@ -179,6 +231,13 @@ def _study(cfg: ExperimentConfig, slices: dict, groups: dict, study_name: str, s
         finally:
             tracker.finish()
 
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    if worker:
+        if todo:
+            study.optimize(objective, show_progress_bar=False, catch=(),
+                           callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished)])
+        return {"worker": os.getpid(), "study": study_name,
+                "trials": [t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == os.getpid()]}
     if todo:
         study.optimize(objective, n_trials=todo, show_progress_bar=progress, catch=())
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]

@@ -38,7 +38,10 @@ def graph_task_slice(n_spots: int = 500, seed: int = 0, patch_spots: int = 40, n
     centres = pos[rng.choice(n_spots, n_patch, replace=False)]
     patch = np.argmin(((pos[:, None] - centres[None]) ** 2).sum(2), axis=1)
     kind = rng.permutation(np.arange(n_patch) % 2)                         # 1 = cancer, balanced
-    sign_a = rng.choice([-1.0, 1.0], n_patch)
+    sign_a = np.zeros(n_patch)
+    for cls in (0, 1):               # A's sign balanced within each class: neither class shifts A
+        idx = np.flatnonzero(kind == cls)
+        sign_a[idx] = rng.permutation(np.where(np.arange(len(idx)) % 2 == 0, 1.0, -1.0))
     sign_b = np.where(kind == 1, sign_a, -sign_a)
     phase = rng.uniform(0, 2 * np.pi, n_patch)
     y = kind[patch]
@@ -66,3 +69,25 @@ def graph_task_graphs(n_slices: int = 4, n_spots: int = 500, seed: int = 0, n_di
     gs = GraphSettings(scales=list(scales), n_dir_bins=n_dir_bins)
     return [build_slice_graph(graph_task_slice(n_spots, seed + i, **kw), gs, name=f"task{seed + i}")
             for i in range(n_slices)]
+
+
+def smoothed_logreg_scores(train: list, test: list, C: float = 1.0) -> list:
+    """The linear floor on this task: sklearn logistic regression (balanced classes) on every spot's
+    gene and image embeddings and their disc means at every graph scale (exactly the features of
+    spagraph's linear prior), fitted on ``train`` graphs; (n,) decision values per ``test`` graph."""
+    import numpy as np
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from spagraph.nn.disc_mean import with_disc_means
+
+    def feats(g):
+        return torch.cat([with_disc_means(g.x_gene, g, g.num_scales), with_disc_means(g.x_img, g, g.num_scales)],
+                         1).numpy()
+    clf = LogisticRegression(C=C, class_weight="balanced", max_iter=5000)
+    clf.fit(np.vstack([feats(g) for g in train]), np.concatenate([g.y.numpy() for g in train]).astype(int))
+    return [clf.decision_function(feats(g)) for g in test]
+
+
+# model and training settings under which the graph network learns this task (benchmarks/graph_task.py)
+TASK_MODEL = dict(hidden=32, heads=4, dropout=0.1, input_dropout=0.0, modality_dropout=0.0, contrastive_weight=0.0)
+TASK_TRAIN = dict(epochs=80, lr=1e-2, patience=80, min_epochs=1)

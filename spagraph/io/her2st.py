@@ -91,7 +91,7 @@ def read_her2st(root: str | Path, slice_name: str, label_schema: LabelSchema | d
         flag = pd.to_numeric(sel["selected"], errors="coerce")
         if flag.isna().any() or not flag.isin((0, 1)).all():
             i = int(np.flatnonzero(~flag.isin((0, 1)).to_numpy())[0])
-            raise ValueError(f"{spath}: row {int(sel['_line'].iloc[i])}: selected = {sel['selected'].iloc[i]!r}; "
+            raise ValueError(f"{spath}: row {int(sel['_line'].iloc[i])}: selected = {str(sel['selected'].iloc[i])!r}; "
                              "expected 1 (spot under tissue) or 0 (not selected)")
         off = sel.index[(flag == 0).to_numpy()]
         drop = counts.index.isin(off)

@@ -50,7 +50,8 @@ IMAGE_SCALE = {"hires": "tissue_hires_scalef", "lowres": "tissue_lowres_scalef"}
 RAW_HINT = "spagraph needs raw counts in X or layers['counts']"
 
 
-def check_slice(adata, source: str | Path, *, label_key: str = "cancer", files: dict | None = None):
+def check_slice(adata, source: str | Path, *, label_key: str = "cancer", files: dict | None = None,
+                outside_image: str = "error"):
     """Validate (and minimally repair, logged) one slice in spagraph's AnnData convention.
 
     Parameters
@@ -61,6 +62,9 @@ def check_slice(adata, source: str | Path, *, label_key: str = "cancer", files: 
     label_key : the binary label column checked besides ``cancer``.
     files : optional ``{"counts"|"positions"|"labels"|"image"|"scalefactors": path}``: the file each
         aspect came from, when a reader reads several files (default: ``source`` for all).
+    outside_image : ``"error"`` (default) when a spot centre falls outside its image; ``"allow"``
+        where an image may legitimately cover only part of the slice (an aligned H&E next to a
+        Xenium panel; that reader warns itself).
 
     Returns the same AnnData (modified in place by the repairs listed in the module docstring).
     Raises ``ValueError`` naming the file, the spot and what was expected.
@@ -79,8 +83,10 @@ def check_slice(adata, source: str | Path, *, label_key: str = "cancer", files: 
     for key in dict.fromkeys(["cancer", label_key]):
         if key in adata.obs:
             adata.obs[key] = check_binary_labels(adata.obs[key], where("labels"), key)
+    if outside_image not in ("error", "allow"):
+        raise ValueError(f"outside_image must be 'error' or 'allow', got {outside_image!r}")
     xy = _check_spatial(adata, where("positions"))
-    _check_images(adata, xy, where)
+    _check_images(adata, xy, where, outside_image == "allow")
     return adata
 
 
@@ -209,7 +215,7 @@ def _check_spatial(adata, src: str) -> np.ndarray:
 # ------------------------------------------------------------------ images and scale factors
 
 
-def _check_images(adata, xy: np.ndarray, where) -> None:
+def _check_images(adata, xy: np.ndarray, where, allow_outside: bool = False) -> None:
     spatial = adata.uns.get("spatial", {}) or {}
     if not isinstance(spatial, dict):
         raise ValueError(f"{where('scalefactors')}: uns['spatial'] must be a mapping library -> images/scalefactors")
@@ -234,7 +240,8 @@ def _check_images(adata, xy: np.ndarray, where) -> None:
             if skey not in sf:
                 raise ValueError(f"{what} has no scale factor {skey!r} to place spots on it "
                                  f"(uns['spatial'][{lib!r}]['scalefactors'])")
-            check_image_fits(img, xy, float(sf[skey]), sf.get("spot_diameter_fullres"), what, adata.obs_names)
+            check_image_fits(img, xy, float(sf[skey]), sf.get("spot_diameter_fullres"), what, adata.obs_names,
+                             allow_outside)
 
 
 def _positive(v, what: str) -> float:
@@ -286,12 +293,17 @@ def to_rgb8(img: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(out[..., :3])
 
 
-def check_image_fits(img: np.ndarray, xy: np.ndarray, scale: float, spot_diameter, what: str, spots) -> None:
-    """Every spot centre (x ``scale``) inside the image; a spot diameter covers >= MIN_SPOT_PX px."""
+def check_image_fits(img: np.ndarray, xy: np.ndarray, scale: float, spot_diameter, what: str, spots,
+                     allow_outside: bool = False) -> None:
+    """Every spot centre (x ``scale``) inside the image (unless ``allow_outside``); a spot diameter
+    covers >= MIN_SPOT_PX image px."""
     h, w = img.shape[:2]
     p = np.asarray(xy, np.float64) * scale
     outside = (p[:, 0] < 0) | (p[:, 1] < 0) | (p[:, 0] >= w) | (p[:, 1] >= h)
-    if outside.any():
+    if outside.all() and len(p) > 1:
+        raise ValueError(f"{what} is {w}x{h} px but every spot centre x scale factor {scale:g} falls outside it; "
+                         "expected the spots on the image (wrong image, or wrong scale factor?)")
+    if outside.any() and not allow_outside:
         ids = [str(s) for s in np.asarray(spots)[outside][:3]]
         raise ValueError(f"{what} is {w}x{h} px but {int(outside.sum())} spot centre(s) x scale factor {scale:g} "
                          f"fall outside it, e.g. {ids}; expected every spot inside the image "

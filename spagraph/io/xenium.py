@@ -264,7 +264,8 @@ def read_xenium(path: str | Path, bin_um: Optional[float] = 50.0, grid: Grid = "
         _attach_labels(out, annotation, label_schema, cell_ids, codes, keep_cells)
     from spagraph.io.validate import check_slice
     return check_slice(out, source=path, files={"counts": src, "positions": cells_file, "labels": annotation,
-                                                "image": he_image or (mfile if image_kind == "dapi" else None)})
+                                                "image": he_image or (mfile if image_kind == "dapi" else None)},
+                       outside_image="allow")   # an aligned H&E may cover only part of the panel (warned above)
 
 
 def read_alignment(path: Path) -> np.ndarray:

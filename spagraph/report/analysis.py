@@ -43,6 +43,7 @@ class SliceAnalysis:
     boundary_seeds: list[dict] = field(default_factory=list)
     boundary_ensemble: dict = field(default_factory=dict)
     tumour_regions: pd.DataFrame = field(default_factory=pd.DataFrame)
+    platform: str | None = None      # uns["spagraph_slice"]["platform"]: the map's micron scale bar
 
 
 @dataclass
@@ -173,7 +174,7 @@ def analyse_slice(name: str, adata, df: pd.DataFrame, threshold: float, settings
     return SliceAnalysis(name=name, spots=list(wide.index), pos=pos, image=img, image_scale=scale, label=label,
                          runs=runs, seeds=seeds, score=score, spread=risk["spread"].to_numpy(), threshold=threshold,
                          pred=pred, regions=regions, risk=risk, boundary_seeds=bseeds, boundary_ensemble=bens,
-                         tumour_regions=tumours)
+                         tumour_regions=tumours, platform=(adata.uns.get("spagraph_slice", {}) or {}).get("platform"))
 
 
 def analyse_run(run_dir: str | Path, slices: dict | None = None, base_dir: Path | None = None,

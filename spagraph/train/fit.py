@@ -317,14 +317,47 @@ def prior_candidate(model: SpaGraphNet, val: list[Data], s: TrainSettings, state
         state.prior_state = state.stop.best_state   # EarlyStopping replaces, never mutates, its best state
 
 
-def prefer_prior(state: LoopState, val: list[Data]) -> bool:
+def paired_validation_gain(model: SpaGraphNet, deep_state: dict, prior_state: dict, val: list[Data],
+                           s: TrainSettings) -> tuple[float, float]:
+    """Mean over validation slices of AUC(deep) - AUC(prior) on the same spots, and its standard
+    error from DeLong's paired variance per slice (:func:`spagraph.train.metrics.delong_paired`),
+    combined as for a mean of independent slices. ``model`` is used as scratch and left holding
+    ``deep_state``."""
+    from spagraph.train.metrics import delong_paired
+    scores = []
+    for state in (prior_state, deep_state):
+        model.load_state_dict(state)
+        scores.append([predict_scores(model, g, s) for g in val])
+    diffs, vars_ = [], []
+    for i, g in enumerate(val):
+        m = g.label_mask.numpy()
+        if m.sum() == 0:
+            continue
+        a_deep, a_prior, v = delong_paired(g.y.numpy()[m], scores[1][i][m], scores[0][i][m])
+        if np.isfinite(v) and not np.isnan(a_deep):
+            diffs.append(a_deep - a_prior); vars_.append(v)
+    if not diffs:
+        return 0.0, float("inf")
+    return float(np.mean(diffs)), float(np.sqrt(np.sum(vars_)) / len(diffs))
+
+
+def prefer_prior(state: LoopState, val: list[Data], model: SpaGraphNet | None = None,
+                 s: TrainSettings | None = None) -> bool:
     """The override rule (``train.one_se_rule``): keep the prior alone unless the best deep
-    epoch's validation AUC beats the prior's by more than one standard error
-    (:func:`validation_auc_se`). Returns True when it overrode a deep epoch."""
+    epoch's validation AUC beats the prior's by more than one standard error. The standard
+    error (``train.prior_rule_se``): ``hanley_mcneil``, one AUC's unpaired SE at the prior's AUC
+    (:func:`validation_auc_se`); ``delong``, the paired SE of the AUC difference on the same
+    validation spots (:func:`paired_validation_gain`; needs ``model`` and ``s``). Returns True
+    when it overrode a deep epoch."""
     prior = next((h for h in state.history if h["epoch"] == -1), None)
     st = state.stop
-    if (state.prior_state is None or prior is None or prior["val_auc"] is None or st.best_epoch == -1
-            or st.best_auc - prior["val_auc"] > validation_auc_se(prior["val_auc"], val)):
+    if state.prior_state is None or prior is None or prior["val_auc"] is None or st.best_epoch == -1:
+        return False
+    if s is not None and s.prior_rule_se == "delong":
+        gain, se = paired_validation_gain(model, st.best_state, state.prior_state, val, s)
+    else:
+        gain, se = st.best_auc - prior["val_auc"], validation_auc_se(prior["val_auc"], val)
+    if gain > se:
         return False
     st.best_state, st.best_epoch, st.best_auc = state.prior_state, -1, prior["val_auc"]
     return True
@@ -373,7 +406,7 @@ def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: Tr
 
     train_loop(model, opt, state, s.epochs, spagraph_steps(model, train, s, pos_weight, state.gen),
                (lambda m: validation_auc(m, val, s)) if val else (lambda m: None), after_epoch)
-    kept = s.one_se_rule and prefer_prior(state, val)
+    kept = s.one_se_rule and prefer_prior(state, val, model, s)
     state.stop.restore_best(model)
     return FitResult(model=model, best_epoch=state.stop.best_epoch, best_val_auc=state.stop.best_val_auc,
                      history=state.history, kept_prior_by_se=kept)

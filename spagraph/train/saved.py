@@ -7,6 +7,13 @@
     path/meta.json          model dims, settings, encoder names, fold, config hash, validation threshold
     path/gene_encoder.pt    fitted gene-encoder state (fitted on the fold's training slices only)
     path/val_scores.npy     validation-slice scores: the distribution used for quantile matching
+    path/extra.pt           optional further state (``save_model(..., extra={name: state})``, plain
+                            tensors / lists / dicts), e.g. calibration; ``SavedModel.extra`` on load
+    path/model_card.md      training slices, validation metrics, date, package versions
+
+Every ``.pt`` file holds plain tensors / lists / dicts / numbers / strings only and is read with
+``torch.load(weights_only=True)``: loading a model folder never unpickles arbitrary objects.
+meta.json records the package versions (torch, torch_geometric, scanpy, anndata, spagraph).
 
 ``load_model(path)`` returns a :class:`SavedModel`; ``load_models(path)`` also accepts a folder
 of such folders (a seed ensemble, e.g. ``RUN/models/``).
@@ -90,15 +97,101 @@ def _fit_gene_encoder(cfg, fold, slices: dict | None, base_dir: Path | None):
     return fit_gene_encoder(cfg.embed.gene_encoder, [slices[n] for n in fold.train], dict(cfg.embed.settings))
 
 
+def package_versions() -> dict[str, str]:
+    """Versions of the packages a saved model depends on (``None`` when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for pkg in ("spagraph", "torch", "torch_geometric", "scanpy", "anndata", "numpy", "scikit-learn"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    if out["spagraph"] is None:
+        import spagraph
+        out["spagraph"] = spagraph.__version__
+    return out
+
+
+def to_plain(obj):
+    """numpy arrays -> tensors, recursively through dicts / lists / tuples (for weights_only loading)."""
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    raise TypeError(f"cannot save {type(obj).__name__} in a model folder: only tensors, arrays, lists, dicts, "
+                    "numbers and strings (no pickled objects)")
+
+
+def model_card(meta: dict, val_metrics: list[dict] | None = None) -> str:
+    """A short markdown card: what the model was trained on, how it did on validation, when."""
+    f = meta.get("fold", {})
+    lines = [f"# spagraph model: {meta.get('experiment', '')}", "",
+             f"- saved: {meta.get('saved_at', '')}",
+             f"- protocol: {meta.get('protocol', '')}; seed {meta.get('seed')}; config hash {meta.get('config_hash')}",
+             f"- training slices: {', '.join(f.get('train', [])) or '-'}",
+             f"- validation slices (early stopping, threshold): {', '.join(f.get('val', [])) or '-'}",
+             f"- test slices: {', '.join(f.get('test', [])) or 'none'}",
+             f"- encoders: image {meta.get('image_encoder')}, genes {meta.get('gene_encoder')} "
+             f"({meta.get('n_genes', 0)} genes)",
+             f"- threshold rule: {meta.get('threshold_method')} (validation F1 threshold {meta.get('val_threshold', 0):.4f}, "
+             f"Youden {meta.get('youden_threshold', 0):.4f})",
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items()), ""]
+    if val_metrics:
+        role = val_metrics[0].get("role", "test")
+        lines += [f"## Metrics on {role} slices" + (" (seen by early stopping and the threshold: optimistic)"
+                                                    if role == "validation" else ""), "",
+                  "| slice | AUC | AP | F1 |", "|---|---|---|---|"]
+        for r in val_metrics:
+            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            lines.append(f"| {r.get('slice')} | {fmt(r.get('auc'))} | {fmt(r.get('ap'))} | {fmt(r.get('f1'))} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def ensemble_card(folder: Path, metrics: dict | None = None) -> str:
+    """The card of a seed ensemble folder (``OUT/model``): its members and mean validation metrics."""
+    metas = [json.loads((p / "meta.json").read_text()) for p in sorted(Path(folder).iterdir())
+             if p.is_dir() and (p / "meta.json").exists()]
+    if not metas:
+        return ""
+    m0 = metas[0]
+    f = m0.get("fold", {})
+    lines = [f"# spagraph model ensemble: {m0.get('experiment', '')}", "",
+             f"- members: {len(metas)} (seeds {', '.join(str(m.get('seed')) for m in metas)}); scores are averaged",
+             f"- saved: {m0.get('saved_at', '')}; config hash {m0.get('config_hash')}",
+             f"- training slices: {', '.join(f.get('train', []))}",
+             f"- validation slices: {', '.join(f.get('val', []))}",
+             f"- threshold rule: {m0.get('threshold_method')}",
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in (m0.get("versions") or {}).items()), ""]
+    if metrics and metrics.get("mean"):
+        mean = metrics["mean"]
+        lines += [f"Mean over {metrics.get('evaluated_on', 'slices')} x seeds: "
+                  + ", ".join(f"{k} {mean[k]:.3f}" for k in ("auc", "ap", "f1") if mean.get(k) is not None), ""]
+    lines.append("Use: `spagraph predict THIS_FOLDER SLICE... --out DIR` or `spagraph.load_model(THIS_FOLDER)`.")
+    return "\n".join(lines) + "\n"
+
+
 def save_model(model, cfg, graphs: dict, fold, path: str | Path, slices: dict | None = None,
-               gene_encoder=None, base_dir: Path | None = None, seed: int | None = None) -> Path:
+               gene_encoder=None, base_dir: Path | None = None, seed: int | None = None,
+               val_metrics: list[dict] | None = None, extra: dict | None = None) -> Path:
     """Write one folder holding everything ``spagraph predict`` needs (module docstring).
 
     The gene encoder is ``gene_encoder`` when given, else refitted with
     ``fit_gene_encoder(cfg.embed.gene_encoder, <fold's training slices>, cfg.embed.settings)`` on
     ``slices`` (re-read from ``cfg.data`` when not given). Validation scores and threshold are
     recomputed from ``graphs`` (deterministic eval-mode scores of the fold's validation slices).
+    ``val_metrics``: rows for the model card. ``extra``: ``{name: state}`` of further plain state
+    (tensors / arrays / lists / dicts) saved in ``extra.pt`` and returned as ``SavedModel.extra``.
     """
+    import datetime
     from spagraph.experiment.config import dump_config
     from spagraph.experiment.runner import train_settings
     path = Path(path)
@@ -123,12 +216,18 @@ def save_model(model, cfg, graphs: dict, fold, path: str | Path, slices: dict | 
         "seed": seed,
         "val_threshold": float(vthr), "youden_threshold": float(jthr), "n_val_scores": int(len(vs)),
         "threshold_method": cfg.threshold.method, "threshold_fixed": cfg.threshold.fixed,
+        "protocol": cfg.protocol.kind, "n_genes": len(getattr(gene_encoder, "genes", []) or []),
+        "saved_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "versions": package_versions(), "extra_keys": sorted(extra or {}),
         "decide": _decision_meta(cfg, graphs, fold, vs),
     }
     with atomic_dir(path) as d:        # all files or none: a failure keeps the previous folder whole
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, d / "model.pt")
         if gene_encoder is not None:
-            torch.save(gene_encoder.state_dict(), d / "gene_encoder.pt")
+            torch.save(to_plain(gene_encoder.state_dict()), d / "gene_encoder.pt")
+        if extra:
+            torch.save(to_plain(dict(extra)), d / "extra.pt")
+        (d / "model_card.md").write_text(model_card(meta, val_metrics))
         with open(d / "val_scores.npy", "wb") as fh:
             np.save(fh, np.asarray(vs, dtype=np.float64))
         dump_config(cfg, d / "config.yaml")
@@ -192,8 +291,9 @@ def load_model(path: str | Path, device: str = "cpu") -> SavedModel:
             ge = _restore_gene_encoder(meta, load_gene_state(path / "gene_encoder.pt"))
         except (KeyError, TypeError) as e:
             raise ValueError(f"{path / 'gene_encoder.pt'}: incomplete gene encoder state (missing {e})") from None
+    extra = load_weights(path / "extra.pt", "extra model state") if (path / "extra.pt").exists() else {}
     return SavedModel(path=path, model=model, cfg=cfg, meta=meta, val_scores=load_val_scores(path / "val_scores.npy"),
-                      gene_encoder=ge)
+                      gene_encoder=ge, extra=extra)
 
 
 def load_models(path: str | Path, device: str = "cpu") -> list[SavedModel]:
@@ -214,10 +314,17 @@ def load_models(path: str | Path, device: str = "cpu") -> list[SavedModel]:
 # ------------------------------------------------------------------ predict
 
 
-def embed_for_prediction(adata, saved: SavedModel, name: str = "slice"):
+def embed_for_prediction(adata, saved: SavedModel, name: str = "slice", gene_aliases=None,
+                         max_missing_weight: float | None = None):
     """Embeddings of a new slice with the saved preprocessing: the saved gene encoder transforms
     (never refits); the image encoder (pretrained / handcrafted, nothing fitted on labels) is run
-    by name. Writes ``obsm["gene_emb"]`` / ``obsm["img_emb"]`` in place."""
+    by name. Writes ``obsm["gene_emb"]`` / ``obsm["img_emb"]`` in place.
+
+    The slice's genes are matched to the encoder's (``spagraph.embed.match``: exact, then
+    case-insensitive, then ``gene_aliases`` pairs); missing genes are set to the training mean
+    after standardisation ("not measured"); more than ``max_missing_weight`` of the encoder's
+    weight missing raises. Returns the gene report (``uns["spagraph"]["genes"]``) or None."""
+    from spagraph.embed.match import DEFAULT_MAX_MISSING_WEIGHT, check_gene_coverage
     meta = saved.meta
     if meta["d_img"] > 0 and meta.get("image_encoder") and _has_image(adata):
         from spagraph.embed import embed_slices
@@ -227,8 +334,16 @@ def embed_for_prediction(adata, saved: SavedModel, name: str = "slice"):
     if meta["d_gene"] > 0:
         if saved.gene_encoder is None:
             raise ValueError(f"{saved.path}: the model uses gene embeddings but no fitted gene encoder was saved")
-        adata.obsm["gene_emb"] = np.asarray(saved.gene_encoder.transform(adata), dtype=np.float32)
-    return adata
+        enc = saved.gene_encoder
+        limit = DEFAULT_MAX_MISSING_WEIGHT if max_missing_weight is None else max_missing_weight
+        view, report = check_gene_coverage(adata, enc, gene_aliases, limit, slice_name=name)
+        try:
+            emb = enc.transform(view, fill_missing=True)
+        except TypeError:              # an encoder without fill_missing (all genes present, or it raises)
+            emb = enc.transform(view)
+        adata.obsm["gene_emb"] = np.asarray(emb, dtype=np.float32)
+        return report
+    return None
 
 
 def _has_image(adata) -> bool:
@@ -314,7 +429,7 @@ def predict_slice(models: list[SavedModel] | SavedModel, adata, name: str = "sli
                   mc_seed: int = 0, distance_pitches: float | None = 1.0, k_hops: int | None = None,
                   max_spread: float | None = None, embed: bool = True, device: str = "cpu",
                   threshold_method: str | None = None, threshold: float | None = None,
-                  risk_level: float = 0.25) -> dict:
+                  risk_level: float = 0.25, gene_aliases=None, max_missing_weight: float | None = None) -> dict:
     """Score, threshold, regions and risk of one slice; written into ``adata`` (see conventions).
 
     Score = each member's eval-mode score through its saved calibration (validation slices only),
@@ -339,9 +454,10 @@ def predict_slice(models: list[SavedModel] | SavedModel, adata, name: str = "sli
     from spagraph.regions import tumour_regions
     probs, mc_stds, thrs, methods, preds, prevs, flags = [], [], [], [], [], [], []
     g = None
+    gene_report = None
     for i, m in enumerate(models):
         if embed:
-            embed_for_prediction(adata, m, name)
+            gene_report = embed_for_prediction(adata, m, name, gene_aliases, max_missing_weight) or gene_report
         g = slice_graph(adata, m, name)
         ts = train_settings(m.cfg)
         s = predict_scores(m.model, g, ts)
@@ -371,7 +487,11 @@ def predict_slice(models: list[SavedModel] | SavedModel, adata, name: str = "sli
     rid, rtab = tumour_regions(g if g is not None else adata, pred, score)
     adata.obs["spagraph_score"] = score.astype(np.float64)
     adata.obs["spagraph_pred"] = pred.astype(np.int8)
-    adata.obs["spagraph_region"] = pd.Categorical(regions, categories=list(regions.categories))
+    from spagraph.viz.spatial import REGION_COLOURS
+    reg = pd.Categorical(regions, categories=list(regions.categories)).remove_unused_categories()
+    adata.obs["spagraph_region"] = reg
+    # scanpy reads <key>_colors in category order: sc.pl.spatial(color="spagraph_region") uses ours
+    adata.uns["spagraph_region_colors"] = [REGION_COLOURS[c] for c in reg.categories]
     adata.obs["spagraph_tumour_region"] = rid.astype(np.int32)
     adata.obs["spagraph_risk"] = rt["risk"].to_numpy(dtype=np.float64)
     adata.obs["spagraph_uncertainty"] = unc.astype(np.float64)
@@ -399,12 +519,14 @@ def predict_slice(models: list[SavedModel] | SavedModel, adata, name: str = "sli
                     "risk_level": float(risk_level), "max_spread": float("nan") if max_spread is None else float(max_spread),
                     "high_risk": "predicted non-cancer with P >= risk_level or P + 2 std >= risk_level"},
     }
+    if gene_report is not None:
+        adata.uns["spagraph"]["genes"] = gene_report
     table = pd.DataFrame({"spot": list(map(str, adata.obs_names)), "score": score, "pred": pred,
                           "region": regions, "risk": rt["risk"].to_numpy(), "uncertainty": unc,
                           "seed_std": seed_std, "mc_std": mc_std, "tumour_region": rid,
                           "high_risk": rt["high_risk"].to_numpy(), "risk_rank": rt["risk_rank"].to_numpy(),
                           "nearest_tumour_distance": rt["nearest_tumour_distance"].to_numpy()})
-    return {"table": table, "threshold": thr, "threshold_method": method, "adata": adata}
+    return {"table": table, "threshold": thr, "threshold_method": method, "adata": adata, "genes": gene_report}
 
 
 def write_prediction(adata, table, out: str | Path) -> tuple[Path, Path]:

@@ -15,8 +15,14 @@ from spagraph.graph.neighbours import spot_pitch
 # Okabe-Ito
 OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
 LABEL_COLOURS = {"cancer": "#D55E00", "non-cancer": "#56B4E9", "undetermined": "#BBBBBB"}
-REGION_COLOURS = {"tumour": "#D55E00", "boundary": "#F0E442", "healthy": "#0072B2", "high_risk": "#CC79A7",
+# high-risk is Okabe-Ito bluish green: nothing on an H&E slide is green, so it cannot be taken for
+# eosin pink (the earlier reddish purple #CC79A7 could)
+REGION_COLOURS = {"tumour": "#D55E00", "boundary": "#F0E442", "healthy": "#0072B2", "high_risk": "#009E73",
                   "none": "#BBBBBB"}
+# spot centre-to-centre distance in microns per platform (legacy ST: 100 um spots at 200 um;
+# Visium: 55 um spots at 100 um): turns the measured pitch in pixels into a micron scale bar
+PITCH_UM = {"legacy_st": 200.0, "visium": 100.0}
+SPOT_ALPHA = 0.6
 
 
 def slice_image(adata) -> tuple[np.ndarray | None, float]:
@@ -74,7 +80,23 @@ class SpatialCanvas:
 
     @property
     def alpha(self) -> float:
-        return 0.85 if self.image is not None else 1.0
+        return SPOT_ALPHA if self.image is not None else 1.0
+
+    def scale_bar(self, ax, pitch_um: float | None) -> None:
+        """A micron scale bar (lower right, outside the spots' colours) when the pitch in microns is known."""
+        if not pitch_um or self.pitch <= 0:
+            return
+        from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+        um_per_unit = pitch_um / self.pitch
+        width_um = float(self.hi[0] - self.lo[0]) * um_per_unit
+        nice = [50, 100, 200, 250, 500, 1000, 2000, 5000, 10000]
+        length = max([n for n in nice if n <= width_um / 4] or [nice[0]])
+        label = f"{length / 1000:g} mm" if length >= 1000 else f"{length} µm"
+        bar = AnchoredSizeBar(ax.transData, length / um_per_unit, label, "lower right", pad=0.3, borderpad=0.3,
+                              sep=3, frameon=True, size_vertical=max(self.pitch * 0.08, 1e-9), color="black",
+                              fontproperties={"size": 7})
+        bar.patch.set_alpha(0.7)
+        ax.add_artist(bar)
 
 
 def _legend(ax, items, loc="lower left"):
@@ -159,16 +181,50 @@ def panel_risk(ax, cv: SpatialCanvas, risk: np.ndarray, high_risk: np.ndarray | 
         _legend(ax, [("high-risk", REGION_COLOURS["high_risk"])])
 
 
-def plot_slice_panels(pos, path: str | Path, *, label=None, score=None, pred=None, regions=None, risk=None,
+def shrink_png(raw: bytes) -> bytes:
+    """A figure PNG re-encoded losslessly and smaller: RGB instead of matplotlib's RGBA (opaque
+    figures), a palette when the figure has at most 256 colours (curves; then zlib ``optimize``).
+    Never lossy: a palette of an H&E would shift its colours. The original when not smaller."""
+    import io
+    from PIL import Image
+    with Image.open(io.BytesIO(raw)) as im:
+        if im.mode == "RGBA" and im.getchannel("A").getextrema()[0] < 255:
+            return raw                                 # real transparency: keep as it is
+        rgb = im.convert("RGB")
+        few = rgb.getcolors(256) is not None
+        out = rgb.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE) if few else rgb
+        buf = io.BytesIO()
+        out.save(buf, format="PNG", optimize=few)      # optimize costs ~4 s on a photo-like map, gains ~1%
+    small = buf.getvalue()
+    return small if len(small) < len(raw) else raw
+
+
+def panel_he(ax, cv: SpatialCanvas, title="H&E"):
+    """The plain H&E (no spots), same crop as the overlays, so the tissue can be read unobstructed."""
+    cv.setup(ax, title)
+
+
+def plot_slice_panels(pos, path: str | Path | None, *, label=None, score=None, pred=None, regions=None, risk=None,
                       high_risk=None, uncertainty=None, title: str = "", image=None, image_scale: float = 1.0,
-                      dpi: int = 110, ncols: int = 3) -> Path:
-    """One row of panels for a slice (each one drawn only when its data is given):
-    pathologist label, cancer score, uncertainty, prediction, regions, risk. Written atomically."""
+                      dpi: int = 110, ncols: int = 3, threshold: float | None = None,
+                      threshold_method: str | None = None, platform: str | None = None,
+                      pitch_um: float | None = None, he_panel: bool = True):
+    """The one map drawing of spagraph (``run``, ``predict``, ``report``, ``spagraph.pl``).
+
+    Panels, each drawn only when its data is given: the plain H&E (when the slice has one and
+    ``he_panel``), pathologist label, cancer score, uncertainty, prediction, regions, risk. Spots
+    are semi-transparent discs over the H&E; legends sit below the panels; a micron scale bar
+    (from ``pitch_um``, else the platform's pitch: legacy ST 200 um, Visium 100 um) is drawn on
+    each panel; ``threshold`` and ``threshold_method`` go in the title. Written atomically to
+    ``path`` (returned); with ``path`` None the matplotlib figure is returned.
+    """
     import matplotlib
-    matplotlib.use("Agg")
+    if path is not None:
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from spagraph.utils import atomic_path
     cv = SpatialCanvas(pos, image, image_scale)
+    pitch_um = pitch_um or PITCH_UM.get(str(platform or ""))
     n = len(cv.pos)
     for name, v in (("label", label), ("score", score), ("pred", pred), ("risk", risk), ("uncertainty", uncertainty)):
         if v is not None and len(v) != n:
@@ -177,6 +233,9 @@ def plot_slice_panels(pos, path: str | Path, *, label=None, score=None, pred=Non
                              ("regions", regions), ("risk", risk)) if v is not None]
     if not panels:
         raise ValueError("plot_slice_panels: nothing to draw (give label, score, pred, regions or risk)")
+    if he_panel and image is not None:
+        panels.insert(0, "he")
+        ncols = max(ncols, min(len(panels), 4))
     w, h = cv.hi - cv.lo
     aspect = h / max(w, 1e-9)
     pw = 3.8
@@ -187,7 +246,9 @@ def plot_slice_panels(pos, path: str | Path, *, label=None, score=None, pred=Non
     for ax in axes.ravel()[len(panels):]:
         ax.set_axis_off()
     for ax, p in zip(axes.ravel(), panels):
-        if p == "label":
+        if p == "he":
+            panel_he(ax, cv)
+        elif p == "label":
             panel_label(ax, cv, label)
         elif p == "score":
             panel_continuous(ax, cv, score, "cancer score", cbar_label="P(cancer)")
@@ -202,10 +263,19 @@ def plot_slice_panels(pos, path: str | Path, *, label=None, score=None, pred=Non
             panel_regions(ax, cv, regions)
         else:
             panel_risk(ax, cv, risk, high_risk)
+        cv.scale_bar(ax, pitch_um)
+    if threshold is not None:
+        title = (f"{title} — " if title else "") + f"threshold {float(threshold):.3f}" + \
+            (f" ({threshold_method})" if threshold_method else "")
     if title:
-        fig.suptitle(title, fontsize=12)
+        fig.suptitle(title, fontsize=11)
+    if path is None:
+        return fig
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    plt.close(fig)
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
+        Path(tmp).write_bytes(shrink_png(buf.getvalue()))
     return path
