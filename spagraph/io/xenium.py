@@ -116,6 +116,8 @@ def read_xenium(path: str | Path, bin_um: Optional[float] = 50.0, grid: Grid = "
         raise FileNotFoundError(f"Xenium output folder not found: {path}")
     if grid not in ("square", "hex", "cells"):
         raise ValueError(f"grid must be 'square', 'hex' or 'cells', got {grid!r}")
+    if (he_image is None) != (he_alignment is None):
+        raise ValueError("he_image and he_alignment go together (the H&E and its 3x3 alignment CSV)")
     keep_cells = grid == "cells" or bin_um is None
     if not keep_cells and not (bin_um and bin_um > 0):
         raise ValueError(f"bin_um must be a positive number of microns, got {bin_um!r}")
@@ -180,7 +182,7 @@ def read_xenium(path: str | Path, bin_um: Optional[float] = 50.0, grid: Grid = "
         raise ValueError(f"{cells_file}: cell(s) {list(cell_ids[bad][:5])} have NaN/Inf centroids")
 
     # --- cells or pseudo-spots
-    lib = library_id or exp.get("region_name") or path.name
+    lib = library_id or (path.parent.name if path.name == "outs" else path.name)
     n_cells_total = len(cell_ids)
     if keep_cells:
         names, centres_um, n_cells = cell_ids.copy(), xy_um, np.ones(len(cell_ids), np.int64)
@@ -219,8 +221,6 @@ def read_xenium(path: str | Path, bin_um: Optional[float] = 50.0, grid: Grid = "
     morph_px = centres_um / pixel_size
     images, image_kind, he_scale, mfile = {}, None, 1.0, None
     hires_scalef = 1.0
-    if (he_image is None) != (he_alignment is None):
-        raise ValueError("he_image and he_alignment go together (the H&E and its 3x3 alignment CSV)")
     if he_image is not None:
         M = read_alignment(Path(he_alignment))
         inv = np.linalg.inv(M)
@@ -251,7 +251,8 @@ def read_xenium(path: str | Path, bin_um: Optional[float] = 50.0, grid: Grid = "
         "library_id": lib, "platform": "xenium", "source": str(path), "has_image": bool(images),
         "image_kind": image_kind or "none", "spot_size_um": size_um, "bin_um": float(bin_um) if not keep_cells else 0.0,
         "grid": "cells" if keep_cells else grid, "n_cells": int(n_cells_total), "n_dropped_bins": n_dropped_bins,
-        "pixel_size_um": pixel_size * he_scale, "dropped_features": dropped}
+        "pixel_size_um": pixel_size * he_scale, "dropped_features": dropped,
+        "region_name": str(exp.get("region_name", "")), "analysis_sw_version": str(exp.get("analysis_sw_version", ""))}
     from spagraph.io.polygons import attach_polygon_labels, is_polygon_file
     if annotation is not None and is_polygon_file(annotation):
         inv_he = np.linalg.inv(M) if he_image is not None else np.eye(3)
