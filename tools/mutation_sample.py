@@ -68,6 +68,9 @@ def main() -> int:
     ap.add_argument("--only-survivors", type=Path, default=None,
                     help="summary.json of an earlier run: re-test only its survivors (same code, more tests), "
                          "counting its killed mutants as killed")
+    ap.add_argument("--skip-done", type=Path, action="append", default=[],
+                    help="summary.json of an interrupted run of the same sample (repeatable): leave out the "
+                         "mutants it already ran (its killed_list and survivors), run only the rest")
     args = ap.parse_args()
 
     from cosmic_ray.commands.init import _all_work_items
@@ -118,6 +121,13 @@ def main() -> int:
         keep = set(before["survivors"])
         sample = [it for it in sample if f"{it.mutations[0].module_path}:{it.mutations[0].start_pos[0]} "
                   f"{it.mutations[0].operator_name}" in keep]
+    if args.skip_done:
+        done = set()
+        for f in args.skip_done:
+            d = json.loads(f.read_text())
+            done |= {w.removeprefix("(before) ") for w in d.get("killed_list", []) + d["survivors"]}
+        sample = [it for it in sample if f"{it.mutations[0].module_path}:{it.mutations[0].start_pos[0]} "
+                  f"{it.mutations[0].operator_name}" not in done]
     print(f"{len(items)} mutants in {', '.join(PACKAGES)}; sampled {len(sample)}")
     groups: dict[str, list] = {}
     for it in sample:
