@@ -328,3 +328,33 @@ def test_slice_hash_reads_the_full_resolution_image_file(tmp_path):
     assert slice_hash(a) == h1
     a.uns["spagraph_slice"]["image_path"] = str(p2)
     assert slice_hash(a) != h1, "a different image file must give a different cache key"
+
+
+# ------------------------------------------------------------------ survivor of the sampled mutation run (batch mode)
+
+
+@pytest.mark.parametrize("mode, max_full, tiled", [("full", 10, False), ("auto", 1000, False),
+                                                    ("auto", 10, True), ("tiles", 1000, True)])
+def test_batch_mode_decides_whether_a_slice_is_cut_into_tiles(monkeypatch, mode, max_full, tiled):
+    """``train.batch_mode``: full = whole graph, tiles = tiles, auto = tiles only above
+    ``max_full_nodes`` (a `==` -> `!=` mutant that tiled every full/auto slice and never a tiles one
+    survived: tiled scores equal full-graph scores, so only the route itself shows it)."""
+    import spagraph.train.fit as fit_mod
+    from spagraph.graph import GraphSettings, build_slice_graph
+    from spagraph.nn import ModelSettings, SpaGraphNet
+    rng = np.random.default_rng(1)
+    xx, yy = np.meshgrid(np.arange(10), np.arange(10))
+    a = ad.AnnData(np.zeros((100, 2), np.float32))
+    a.obsm["spatial"] = np.c_[xx.ravel(), yy.ravel()].astype(float) * 50
+    a.obsm["gene_emb"] = rng.normal(size=(100, 6)).astype(np.float32)
+    a.obs["cancer"] = pd.array(rng.integers(0, 2, 100), dtype="Int8")
+    g = build_slice_graph(a, GraphSettings(scales=[1.0], n_dir_bins=4))
+    torch.manual_seed(0)
+    model = SpaGraphNet(0, 6, g.num_scales, g.n_dir_bins, ModelSettings()).eval()
+    calls = []
+    real = fit_mod.iter_tiles
+    monkeypatch.setattr(fit_mod, "iter_tiles", lambda *a, **k: calls.append(1) or real(*a, **k))
+    s = fit_mod.TrainSettings(batch_mode=mode, max_full_nodes=max_full, tile_size=4.0)
+    p = fit_mod.predict_scores(model, g, s)
+    assert p.shape == (100,) and np.isfinite(p).all()
+    assert bool(calls) is tiled, f"batch_mode={mode}, max_full_nodes={max_full}: tiled={bool(calls)}"
