@@ -283,6 +283,34 @@ def test_resume_when_crash_lands_on_the_early_stop_epoch(tmp_path):
     assert (tmp_path / "ref" / "predictions.csv").read_bytes() == (tmp_path / "run" / "predictions.csv").read_bytes()
 
 
+def test_resume_after_a_crash_before_min_epochs_trains_on_to_min_epochs(tmp_path, monkeypatch):
+    """Patience already used up but ``min_epochs`` not reached when the run crashes: the resumed
+    run trains the remaining epochs like the uninterrupted one (a mutant that asked the stopping
+    rule about the epoch after the checkpoint, ``start_epoch - 0``, stopped it one epoch short)."""
+    import spagraph.train.fit as fit_mod
+    from spagraph.experiment.config import load_config
+    from spagraph.experiment.runner import run_experiment
+    monkeypatch.setattr(fit_mod, "validation_auc", lambda *a, **k: 0.5)   # no epoch ever gains
+    p = tmp_path / "exp.yaml"
+    p.write_text((CFG % {"enc": "pca", "knn": "", "epochs": 10, "patience": 1}).replace("min_epochs: 1",
+                                                                                        "min_epochs: 4"))
+    cfg = load_config(p)
+    seen = []
+    run_experiment(cfg, tmp_path / "ref", progress=False, write_maps=False,
+                   on_epoch=lambda f, s, e, r: seen.append(e))
+    assert max(seen) == 3, f"patience 1, min_epochs 4, flat AUC: stops after epoch 3, got {seen}"
+
+    def crash(fold, s, epoch, rec):
+        if epoch == 2:
+            raise Crash()
+    with pytest.raises(Crash):
+        run_experiment(cfg, tmp_path / "run", progress=False, write_maps=False, on_epoch=crash)
+    resumed = []
+    run_experiment(cfg, tmp_path / "run", resume=True, progress=False, write_maps=False,
+                   on_epoch=lambda f, s, e, r: resumed.append(e))
+    assert resumed == [3], f"resumed after epoch 2 should train epoch 3 only, trained {resumed}"
+
+
 # ------------------------------------------------------------------ survivors of the sampled mutation run (handcrafted)
 
 
