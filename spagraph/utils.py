@@ -239,16 +239,23 @@ def load_yaml(text: str, source: str | Path = "<string>"):
         raise
 
 
-def read_yaml(path: str | Path, what: str = "YAML file"):
-    """Read and parse a YAML file (duplicate keys refused); errors name the file."""
-    import yaml
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A text file's content; a missing or unreadable file is an error that names it and says what
+    it was (``FileNotFoundError`` / ``ValueError``)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} not found: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: cannot read the {what}: {e}") from None
+
+
+def read_yaml(path: str | Path, what: str = "YAML file"):
+    """Read and parse a YAML file (duplicate keys refused); errors name the file."""
+    import yaml
+    path = Path(path)
+    text = read_text(path, what)
     try:
         return load_yaml(text, path)
     except yaml.YAMLError as e:
@@ -259,12 +266,7 @@ def read_json(path: str | Path, what: str = "JSON file"):
     """Read a JSON file written by spagraph; a missing, unreadable or corrupt file is an error that
     names it (``FileNotFoundError`` / ``ValueError``)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot read the {what}: {e}") from None
+    text = read_text(path, what)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:

@@ -2,7 +2,6 @@
 feature types, count checks that never densify the matrix, JSON files, and image downscaling."""
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -56,14 +55,21 @@ def check_sparse_counts(X: sp.spmatrix, path: Path, spots, genes=None) -> sp.csr
     return X
 
 
+def find_10x_matrix(folder: Path, stem: str) -> Path:
+    """``folder/<stem>.h5`` if present, else the mtx folder ``folder/<stem>/``; an error naming both
+    when neither exists (Space Ranger, Visium HD and Xenium all ship one or the other)."""
+    h5, mtx = folder / f"{stem}.h5", folder / stem
+    if h5.exists():
+        return h5
+    if mtx.is_dir():
+        return mtx
+    raise FileNotFoundError(f"{folder}: neither {stem}.h5 nor {stem}/ found")
+
+
 def read_json(path: Path, what: str) -> dict:
-    path = Path(path)
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: {what} is not valid JSON: {e}") from None
+    """A JSON object from ``path`` (:func:`spagraph.utils.read_json`), refusing anything else."""
+    from spagraph.utils import read_json as _read
+    d = _read(path, what)
     if not isinstance(d, dict):
         raise ValueError(f"{path}: {what} must be a JSON object, got {type(d).__name__}")
     return d

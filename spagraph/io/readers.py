@@ -24,17 +24,13 @@ def read_spaceranger(outs: str | Path, annotation_csv: str | Path | None = None,
     outs = Path(outs)
     if not outs.is_dir():
         raise FileNotFoundError(f"Space Ranger outs/ directory not found: {outs}")
-    h5 = outs / "filtered_feature_bc_matrix.h5"
-    mtx = outs / "filtered_feature_bc_matrix"
+    from spagraph.io._tenx import find_10x_matrix
+    src = find_10x_matrix(outs, "filtered_feature_bc_matrix")
     try:
-        if h5.exists():
-            a = sc.read_10x_h5(h5)
-            src = h5
-        elif mtx.is_dir():
-            a = sc.read_10x_mtx(mtx, make_unique=False)   # duplicates are summed below, like the h5 path
-            src = mtx
+        if src.suffix == ".h5":
+            a = sc.read_10x_h5(src)
         else:
-            raise FileNotFoundError(f"{outs}: neither filtered_feature_bc_matrix.h5 nor filtered_feature_bc_matrix/ found")
+            a = sc.read_10x_mtx(src, make_unique=False)   # duplicates are summed below, like the h5 path
     except (OSError, KeyError, ValueError) as e:
         if isinstance(e, FileNotFoundError):
             raise

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from spagraph.io._checks import sum_duplicate_genes, unique_spots
-from spagraph.io._tenx import check_sparse_counts, read_10x_matrix, read_json, read_parquet_or_csv
+from spagraph.io._tenx import check_sparse_counts, find_10x_matrix, read_10x_matrix, read_json, read_parquet_or_csv
 from spagraph.io.labels import LabelSchema
 
 log = logging.getLogger("spagraph")
@@ -99,10 +99,7 @@ def read_visium_hd(path: str | Path, bin_um: Optional[int] = None, annotation: s
         if not folder.is_dir():
             raise FileNotFoundError(f"{path}: no {int(bin_um)} um bins (binned_outputs/{folder.name}/ missing); "
                                     f"bin sizes present: {available_bins(root)} um")
-    h5, mtx = folder / "filtered_feature_bc_matrix.h5", folder / "filtered_feature_bc_matrix"
-    src = h5 if h5.exists() else mtx if mtx.is_dir() else None
-    if src is None:
-        raise FileNotFoundError(f"{folder}: neither filtered_feature_bc_matrix.h5 nor filtered_feature_bc_matrix/ found")
+    src = find_10x_matrix(folder, "filtered_feature_bc_matrix")
     mat = read_10x_matrix(src)
     unique_spots(mat.obs_names, src)
     gene = mat.var["feature_types"].astype(str).to_numpy() == "Gene Expression"

@@ -32,7 +32,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from spagraph.io._checks import sum_duplicate_genes, unique_spots
-from spagraph.io._tenx import (check_sparse_counts, downscale, read_10x_matrix, read_json, read_parquet_or_csv,
+from spagraph.io._tenx import (check_sparse_counts, downscale, find_10x_matrix, read_10x_matrix, read_json, read_parquet_or_csv,
                                read_tiff_level, to_rgb_uint8)
 from spagraph.io.labels import LabelSchema
 
@@ -136,10 +136,7 @@ def read_xenium(path: str | Path, bin_um: Optional[float] = 50.0, grid: Grid = "
         raise ValueError(f"{exp_file}: pixel_size must be > 0, got {pixel_size}")
 
     # --- counts (cells x features), control features dropped and counted
-    h5, mtx = path / "cell_feature_matrix.h5", path / "cell_feature_matrix"
-    src = h5 if h5.exists() else mtx if mtx.is_dir() else None
-    if src is None:
-        raise FileNotFoundError(f"{path}: neither cell_feature_matrix.h5 nor cell_feature_matrix/ found")
+    src = find_10x_matrix(path, "cell_feature_matrix")
     m = read_10x_matrix(src)
     unique_spots(m.obs_names, src)
     ftype = m.var["feature_types"].astype(str).to_numpy()
