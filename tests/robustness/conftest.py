@@ -18,6 +18,29 @@ import pytest
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
+TINY_FIXED_YAML = """\
+name: {name}
+data:
+  sources:
+    - {{reader: synthetic, n_slices: 3, n_spots: 100, seed: 9, with_image: false}}
+  train: [syn0]
+  validate: [syn1]
+  test: [syn2]
+embed: {{image_encoder: null, gene_encoder: pca, settings: {{n_pcs: 8, n_hvg: 80}}}}
+graph: {{scales: [1.0, 2.0], n_dir_bins: 4}}
+model: {{hidden: 8, heads: 2}}
+train: {{epochs: 2, patience: 5, min_epochs: 1, seeds: [0]}}
+protocol: {{kind: fixed}}
+track: {{mode: disabled}}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_fixed_yaml():
+    """``tiny_fixed_yaml(name)``: the experiment YAML of a seconds-long fixed-protocol run on three
+    generated 100-spot slices (syn0 train, syn1 validate, syn2 test), named ``name``."""
+    return lambda name: TINY_FIXED_YAML.format(name=name)
+
 PLUGIN_NAME = "spagraph-bad-input-counter"
 
 

@@ -17,21 +17,6 @@ import pytest
 
 from spagraph.experiment.config import load_config
 
-CFG = """\
-name: atomic
-data:
-  sources:
-    - {reader: synthetic, n_slices: 3, n_spots: 100, seed: 9, with_image: false}
-  train: [syn0]
-  validate: [syn1]
-  test: [syn2]
-embed: {image_encoder: null, gene_encoder: pca, settings: {n_pcs: 8, n_hvg: 80}}
-graph: {scales: [1.0, 2.0], n_dir_bins: 4}
-model: {hidden: 8, heads: 2}
-train: {epochs: 2, patience: 5, min_epochs: 1, seeds: [0]}
-protocol: {kind: fixed}
-track: {mode: disabled}
-"""
 
 
 class Boom(RuntimeError):
@@ -62,10 +47,10 @@ def leftovers(folder: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(tmp_path_factory, tiny_fixed_yaml):
     from spagraph.experiment.runner import run_experiment
     d = tmp_path_factory.mktemp("atomic")
-    (d / "exp.yaml").write_text(CFG)
+    (d / "exp.yaml").write_text(tiny_fixed_yaml("atomic"))
     cfg = load_config(d / "exp.yaml")
     run_experiment(cfg, d / "run", progress=False, save_models=True)
     return d

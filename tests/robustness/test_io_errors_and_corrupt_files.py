@@ -23,21 +23,6 @@ from spagraph.cli import app
 
 pytestmark = pytest.mark.bad_input
 
-CFG = """\
-name: ioerr
-data:
-  sources:
-    - {reader: synthetic, n_slices: 3, n_spots: 100, seed: 9, with_image: false}
-  train: [syn0]
-  validate: [syn1]
-  test: [syn2]
-embed: {image_encoder: null, gene_encoder: pca, settings: {n_pcs: 8, n_hvg: 80}}
-graph: {scales: [1.0, 2.0], n_dir_bins: 4}
-model: {hidden: 8, heads: 2}
-train: {epochs: 2, patience: 5, min_epochs: 1, seeds: [0]}
-protocol: {kind: fixed}
-track: {mode: disabled}
-"""
 
 
 def cli(*args):
@@ -60,13 +45,13 @@ def tmp_leftovers(folder: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_fixed_yaml):
     """A finished tiny run with one saved model, and a slice to predict on."""
     from spagraph.experiment.config import load_config
     from spagraph.experiment.runner import run_experiment
     from spagraph.io.synthetic import make_synthetic_slice
     root = tmp_path_factory.mktemp("trained")
-    (root / "exp.yaml").write_text(CFG)
+    (root / "exp.yaml").write_text(tiny_fixed_yaml("ioerr"))
     run_experiment(load_config(root / "exp.yaml"), root / "run", progress=False, write_maps=False, save_models=True)
     make_synthetic_slice(n_spots=120, with_image=False, seed=4).write_h5ad(root / "slice.h5ad")
     return root
