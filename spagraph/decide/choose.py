@@ -19,6 +19,7 @@ import logging
 import numpy as np
 
 from spagraph.decide.rules import RULES
+from spagraph.train.metrics import call_metrics
 
 log = logging.getLogger("spagraph")
 _CACHE: dict = {}
@@ -33,15 +34,6 @@ def _inner_scorer(cfg, train, seed: int = 0):
          "feature_smoothing": float(getattr(cfg.model, "feature_smoothing", 0.0) or 0.0)}
     pred, _ = _fit_logreg(b, train, [], seed, keys)
     return pred
-
-
-def _metrics(y, pred) -> dict:
-    y = np.asarray(y, dtype=int); pred = np.asarray(pred, dtype=int)
-    tp = int(((pred == 1) & (y == 1)).sum()); fp = int(((pred == 1) & (y == 0)).sum())
-    fn = int(((pred == 0) & (y == 1)).sum()); tn = int(((pred == 0) & (y == 0)).sum())
-    return {"f1": 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else None,
-            "sensitivity": tp / (tp + fn) if tp + fn else None,
-            "specificity": tn / (tn + fp) if tn + fp else None}
 
 
 def choose_rule(cfg, graphs: dict, fold, rules=RULES) -> dict:
@@ -78,7 +70,7 @@ def choose_rule(cfg, graphs: dict, fold, rules=RULES) -> dict:
         if len(np.unique(y[m])) < 2:
             continue
         for r, d in sd.rules.items():
-            per_rule[r][t] = _metrics(y[m], d.pred[m])
+            per_rule[r][t] = call_metrics(y[m], d.pred[m])
         true = float(y[m].mean())
         for k, v in (("em", sd.prevalence), ("mixture", sd.prevalence_mixture)):
             if v is not None:

@@ -25,8 +25,8 @@ EXTRA_KEYS = ("prevalence_error", "prevalence_error_em", "prevalence_error_mixtu
 
 
 def _calls_metrics(y, pred) -> dict:
-    from spagraph.decide.choose import _metrics
-    out = _metrics(y, pred)
+    from spagraph.train.metrics import call_metrics
+    out = call_metrics(y, pred)
     out["accuracy"] = float(np.mean(np.asarray(y) == np.asarray(pred))) if len(y) else None
     return out
 

@@ -24,8 +24,6 @@ def binary_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict:
     score = np.asarray(score, dtype=float)
     pred = (score >= threshold).astype(int)
     out: dict = {"n": int(len(y)), "n_pos": int(y.sum()), "threshold": float(threshold), "undefined": []}
-    tp = int(((pred == 1) & (y == 1)).sum()); fp = int(((pred == 1) & (y == 0)).sum())
-    fn = int(((pred == 0) & (y == 1)).sum()); tn = int(((pred == 0) & (y == 0)).sum())
     if len(y) != len(score):
         raise ValueError(f"binary_metrics: {len(y)} labels but {len(score)} scores")
     bad = ~np.isfinite(score)
@@ -46,11 +44,23 @@ def binary_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict:
         out["ap"] = float(average_precision_score(y, score))
     if collapsed:
         out["undefined"].append("collapsed: all scores equal: AUC/AP undefined")
-    out["f1"] = float(2 * tp / (2 * tp + fp + fn)) if (2 * tp + fp + fn) > 0 else None
-    out["accuracy"] = float((tp + tn) / max(len(y), 1))
-    out["sensitivity"] = float(tp / (tp + fn)) if (tp + fn) > 0 else None
-    out["specificity"] = float(tn / (tn + fp)) if (tn + fp) > 0 else None
+    calls = call_metrics(y, pred)
+    out["f1"] = calls["f1"]
+    out["accuracy"] = float((pred == y).sum() / max(len(y), 1))
+    out["sensitivity"], out["specificity"] = calls["sensitivity"], calls["specificity"]
     return out
+
+
+def call_metrics(y: np.ndarray, pred: np.ndarray) -> dict:
+    """F1, sensitivity and specificity of 0/1 calls ``pred`` against 0/1 labels ``y`` (each ``None``
+    when its denominator is 0). Shared by :func:`binary_metrics` and the decision rules' scoring."""
+    y = np.asarray(y, dtype=int)
+    pred = np.asarray(pred, dtype=int)
+    tp = int(((pred == 1) & (y == 1)).sum()); fp = int(((pred == 1) & (y == 0)).sum())
+    fn = int(((pred == 0) & (y == 1)).sum()); tn = int(((pred == 0) & (y == 0)).sum())
+    return {"f1": float(2 * tp / (2 * tp + fp + fn)) if (2 * tp + fp + fn) > 0 else None,
+            "sensitivity": float(tp / (tp + fn)) if (tp + fn) > 0 else None,
+            "specificity": float(tn / (tn + fp)) if (tn + fp) > 0 else None}
 
 
 def mean_std(rows: list[dict], keys=("auc", "ap", "f1", "f1_val_threshold")) -> tuple[dict, dict, dict]:
