@@ -52,6 +52,9 @@ def test_outputs_contract(tmp_path):
               "threshold_method"):
         assert k in saved["per_slice"][0]
     assert set(saved["mean"]) >= {"auc", "ap", "f1"}
+    # the fold reports hold data only: no object repr (memory address) leaks into metrics.json
+    assert " object at 0x" not in (out / "metrics.json").read_text()
+    assert all("gene_encoder" not in f["embed"] for f in saved["folds"].values())
     assert len(list((out / "maps").glob("*.png"))) == 3
     assert (out / "config.yaml").exists() and not list((out / "checkpoints").glob("*"))
 

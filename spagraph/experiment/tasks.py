@@ -28,8 +28,9 @@ def prepare_fold(cfg, slices: dict, fold) -> dict:
     per fold, shared by its seeds)."""
     from spagraph.experiment.runner import _jsonable, embed_and_graph
     graphs, report = embed_and_graph(cfg, slices, fold)
-    return {"graphs": graphs, "report": _jsonable(report),
-            "gene_encoder": (report or {}).get("gene_encoder")}
+    report = dict(report or {})
+    encoder = report.pop("gene_encoder", None)     # an object: saved with models, not written to JSON
+    return {"graphs": graphs, "report": _jsonable(report), "gene_encoder": encoder}
 
 
 def fit_task(cfg, prep: dict, fold, seed: int, out: str, on_epoch=None, digests: dict | None = None,
