@@ -130,16 +130,52 @@ class SpaGraphNet(nn.Module):
             m_gene = torch.where(drop & ~which, torch.zeros_like(m_gene), m_gene)
         H = self.settings.hidden
         t = 1 + (len(self.img.convs) if self.img is not None else len(self.gene.convs))
-        zeros = torch.zeros(n, t, H, device=dev)
-        img_tok = self.img(data.x_img, data) * m_img[:, None, None] if self.img is not None else zeros
-        gene_tok = self.gene(data.x_gene, data) * m_gene[:, None, None] if self.gene is not None else zeros
-        fused, z_img, z_gene = self.fusion(img_tok, gene_tok, m_img, m_gene)
-        logit = self.head(torch.cat([fused, m_img[:, None], m_gene[:, None]], dim=1)).squeeze(1)
+        # A tile piece (spagraph.train.tiles.iter_tiles) lists its interior spots first: only
+        # those rows are scored (the halo only feeds their MSFA messages), so fusion and head run
+        # on them alone and the halo rows of every output are 0.
+        r = int(data.interior.sum()) if "interior" in data else n
+        img_tok = self.img(data.x_img, data)[:r] * m_img[:r, None, None] if self.img is not None else None
+        gene_tok = self.gene(data.x_gene, data)[:r] * m_gene[:r, None, None] if self.gene is not None else None
+        if (r < n or not self.training) and (img_tok is None or gene_tok is None):
+            fused, z_img, z_gene = self._fuse_one_modality(img_tok, gene_tok, m_img[:r], m_gene[:r], t)
+        else:
+            zeros = torch.zeros(r, t, H, device=dev)
+            fused, z_img, z_gene = self.fusion(zeros if img_tok is None else img_tok,
+                                               zeros if gene_tok is None else gene_tok, m_img[:r], m_gene[:r])
+        logit = self.head(torch.cat([fused, m_img[:r, None], m_gene[:r, None]], dim=1)).squeeze(1)
         if self.wide_img is not None:
-            logit = logit + m_img * self.wide_img(data.x_img, data)
+            logit = logit + m_img[:r] * self.wide_img(data.x_img, data)[:r]
         if self.wide_gene is not None:
-            logit = logit + m_gene * self.wide_gene(data.x_gene, data)
+            logit = logit + m_gene[:r] * self.wide_gene(data.x_gene, data)[:r]
+        if r < n:
+            logit, z_img, z_gene = (torch.cat([v, v.new_zeros((n - r,) + v.shape[1:])]) for v in (logit, z_img, z_gene))
         return {"logit": logit, "z_img": z_img, "z_gene": z_gene, "m_img": m_img, "m_gene": m_gene}
+
+    def _fuse_one_modality(self, img_tok: Tensor | None, gene_tok: Tensor | None, m_img: Tensor, m_gene: Tensor,
+                           t: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``self.fusion`` for a model with one modality only, without the other stream's
+        transformer and the cross-attentions, which there act on all-zero tokens and are gated off
+        by that modality's zero mask: the fused vector is the same (the absent half is 0, the
+        present half is ``norm(tokens + 0 * attention)`` = ``norm(tokens)``); the absent
+        modality's pooled vector (read only by the contrastive term, which needs both) is its
+        encoder's output for zero tokens, computed once. About half the cost of the fusion.
+
+        Used when scoring and for tile pieces. Full-graph training keeps the full computation:
+        the absent stream's dropout draws are part of the random stream that existing gene-only
+        runs were trained with, and their weights stay reproducible."""
+        f = self.fusion
+        present, m = (gene_tok, m_gene) if img_tok is None else (img_tok, m_img)
+        enc, norm, other = (f.enc_gene, f.norm_gene, f.enc_img) if img_tok is None else (f.enc_img, f.norm_img, f.enc_gene)
+        h = enc(present)
+        pooled = h.mean(1)
+        if f.cross:
+            h = norm(h)
+        absent = other(present.new_zeros(1, t, present.shape[2])).mean(1).expand(len(present), -1)
+        half = h.mean(1) * m[:, None]
+        zero = torch.zeros_like(half)
+        if img_tok is None:
+            return torch.cat([zero, half], dim=1), absent, pooled
+        return torch.cat([half, zero], dim=1), pooled, absent
 
     def smooth_logits(self, logit: Tensor, data: Data) -> Tensor:
         """Whole-slice logits (N,) -> smoothed over ``data.edge_index_feat`` (unchanged when off)."""
