@@ -39,3 +39,23 @@ def test_tiny_input_and_bad_method():
     assert got.shape == (12, 3) and not (got == np.arange(12)[:, None]).any()
     with pytest.raises(ValueError, match="method"):
         feature_knn_edges(x, 3, method="annoy")
+
+
+def test_probes_grow_with_cells_and_buy_recall(one_thread):
+    """Many small cells (the regime of a 10^6-spot slice, here at 20k rows with 24-row cells):
+    the default probe count is above the 8 of a few hundred cells, and each extra probe adds
+    recall; per-row probing (the cells nearest the row, not its cell's centroid) at 64-row
+    cells, ~300 of them, stays above 0.95."""
+    from spagraph.graph.neighbours import default_probes, n_cells
+    assert default_probes(n_cells(250_000)) == 8 and default_probes(n_cells(1_000_000)) == 16
+    x = pca_like(20000, seed=2)
+    exact = feature_knn_edges(x, 10, method="exact")[0].reshape(-1, 10)
+
+    def recall(**kw):
+        got = approx_knn(x, 10, **kw)
+        assert not (got == np.arange(len(x))[:, None]).any()
+        return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, got)])
+
+    assert recall(cell_size=64) >= 0.95
+    few, more = recall(cell_size=24, n_probe=4), recall(cell_size=24)
+    assert default_probes(n_cells(20000, 24)) > 8 and more > few + 0.05, (few, more)
