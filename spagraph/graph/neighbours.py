@@ -330,24 +330,33 @@ def _ivf_knn(xc: np.ndarray, t, k: int, seed: int, n_probe: int, oversample: int
             qs = torch.from_numpy(qs_all[a:a + 4096])
             d2 = torch.addmm(cand_sq, t[qs], cand_t, alpha=-2.0)
             r, c = torch.nonzero(d2 < bound_t[qs][:, None], as_tuple=True)
-            hit_q.append(qs[r].numpy()); hit_c.append(mem[c.numpy()]); hit_d.append(d2[r, c].numpy())
+            hit_q.append(qs[r].numpy().astype(np.int32)); hit_c.append(mem[c.numpy()].astype(np.int32))
+            hit_d.append(d2[r, c].numpy())
     # merge: per row, its own-cell list and its kept entries, the m smallest by float32 distance
     # (one sort of a (row, distance) key), then re-ranked by exact float64 distances
-    q_all = np.concatenate([np.repeat(np.arange(n), m)] + hit_q)
-    c_all = np.concatenate([own_i.ravel()] + hit_c)
+    # (int32 row / candidate ids: the kept entries are the largest arrays here, ~50 per row at 10^6)
+    q_all = np.concatenate([np.repeat(np.arange(n, dtype=np.int32), m)] + hit_q)
+    del hit_q
+    c_all = np.concatenate([own_i.ravel().astype(np.int32)] + hit_c)
+    del hit_c, own_i
     d_all = np.concatenate([own_d.ravel()] + hit_d)
-    del hit_q, hit_c, hit_d
-    ok = c_all >= 0
-    q_all, c_all, d_all = q_all[ok], c_all[ok], d_all[ok]
-    dist = np.maximum(d_all + qsq[q_all], 0).astype(np.float32)      # true squared distance, >= 0
-    key = (q_all.astype(np.int64) << 32) | dist.view(np.uint32).astype(np.int64)   # float bits of a
-    o = np.argsort(key)                                                # non-negative float sort like it
+    del hit_d, own_d
+    d_all += qsq[q_all]
+    np.maximum(d_all, 0, out=d_all)                                    # true squared distance, >= 0
+    d_all[c_all < 0] = np.inf                                          # empty slots sort last
+    key = q_all.astype(np.int64) << 32
+    key |= d_all.view(np.uint32)                # bits of a non-negative float32 sort like its value
+    del d_all
+    o = np.argsort(key)
+    del key
     q_all, c_all = q_all[o], c_all[o]
+    del o
     start = np.searchsorted(q_all, np.arange(n))
     rank = np.arange(len(q_all)) - start[q_all]
     sel = rank < m
     cand = np.full((n, m), -1, dtype=np.int64)
     cand[q_all[sel], rank[sel]] = c_all[sel]
+    del q_all, c_all, rank, sel
     if (cand[:, :k] < 0).any():
         raise RuntimeError("approximate kNN found fewer than k candidates for some rows")
     src = np.empty((n, k), dtype=np.int64)
