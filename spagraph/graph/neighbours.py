@@ -90,7 +90,7 @@ def multiscale_edges(pos: np.ndarray, scales: list[float], n_bins: int = 8,
     r_max = scales[-1] * pitch * RADIUS_TOLERANCE
     pairs = tree.query_pairs(r_max, output_type="ndarray")  # (p, 2) with i < j
     i, j = pairs[:, 0], pairs[:, 1]
-    d = np.linalg.norm(pos[i] - pos[j], axis=1) / pitch
+    d = _chunked(lambda a, b: np.linalg.norm(pos[i[a:b]] - pos[j[a:b]], axis=1) / pitch, len(i), np.float64)
     del pairs
     # Both directions once at the largest radius, grouped by destination (then source), with
     # their direction bins; each scale is a boolean subset of it, which keeps that order. (Sorting
@@ -102,7 +102,7 @@ def multiscale_edges(pos: np.ndarray, scales: list[float], n_bins: int = 8,
     src_all, dst_all = src_all[order], dst_all[order]
     d_all = np.concatenate([d, d])[order]
     del d, order
-    bins_all = direction_bins(pos[src_all] - pos[dst_all], n_bins)
+    bins_all = _chunked(lambda a, b: direction_bins(pos[src_all[a:b]] - pos[dst_all[a:b]], n_bins), len(src_all), np.int64)
     out = []
     prev_r = -1.0
     for s in scales:
@@ -116,6 +116,23 @@ def multiscale_edges(pos: np.ndarray, scales: list[float], n_bins: int = 8,
         dist = d_all.astype(np.float32) if everything else d_all[keep].astype(np.float32)
         bins = bins_all if everything else bins_all[keep]
         out.append({"edge_index": np.stack([src, dst]).astype(np.int64), "dir": bins, "dist": dist})
+    return out
+
+
+def _chunked(fn, n: int, dtype, chunk: int = 1 << 20) -> np.ndarray:
+    """``fn(0, n)`` computed as ``fn(a, b)`` over row chunks into one array, on torch's intra-op
+    thread count (numpy's elementwise kernels release the GIL): the same values, elementwise."""
+    import torch
+    threads = torch.get_num_threads()
+    if threads <= 1 or n <= 2 * chunk:
+        return fn(0, n)
+    from concurrent.futures import ThreadPoolExecutor
+    out = np.empty(n, dtype=dtype)
+
+    def one(a):
+        out[a:min(a + chunk, n)] = fn(a, min(a + chunk, n))
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, range(0, n, chunk)))
     return out
 
 
