@@ -10,9 +10,10 @@ predictions.csv are identical.
 Start-up is timed apart from the run on both sides: the driver imports what a task needs
 (torch, PyG, scanpy, spagraph's runner: ``executor.WARM_MODULES``) before its sequential run, and
 Ray's start (``ray.init``) plus the workers' warm-up imports are the Ray side's start-up. The
-speed-up is printed without and with start-up; the CPU time (user + sys) of the driver and of
-its children (Ray's processes) and the load average are printed too, since a wall time on a
-shared machine is not the idle figure.
+speed-up is printed without and with start-up; the sequential run's CPU time (user + sys) and
+the load average are printed too, since a wall time on a shared machine is not the idle figure
+(Ray's workers are not this process's children: their CPU time is not counted, so the Ray row
+shows only the driver's).
 """
 from __future__ import annotations
 
@@ -61,8 +62,8 @@ def main() -> None:
         finally:
             ex.shutdown()
         cpu[kind] = _cpu() - c0
-        print(f"{kind}: start-up {startup[kind]:.1f} s, run {walls[kind]:.1f} s wall; CPU (user+sys, driver + "
-              f"children, start-up included) {cpu[kind]:.1f} s; load {os.getloadavg()[0]:.2f}", flush=True)
+        print(f"{kind}: start-up {startup[kind]:.1f} s, run {walls[kind]:.1f} s wall; CPU (user+sys of the driver, "
+              f"start-up included) {cpu[kind]:.1f} s; load {os.getloadavg()[0]:.2f}", flush=True)
     m = [json.loads((out / k / "metrics.json").read_text()) for k in ("sequential", "ray")]
     same = m[0]["per_slice"] == m[1]["per_slice"] and \
         (out / "sequential" / "predictions.csv").read_bytes() == (out / "ray" / "predictions.csv").read_bytes()
