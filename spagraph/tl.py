@@ -14,6 +14,8 @@
 """
 from __future__ import annotations
 
+import copy
+
 import shutil
 import tempfile
 from pathlib import Path
@@ -56,6 +58,15 @@ def _named(adatas) -> dict:
     if not out:
         raise ValueError("fit: no slices given")
     return out
+
+
+def _shallow(a):
+    """A new AnnData over the same count matrix (not copied: nothing writes X) with its own
+    obs / obsm / uns, so the embeddings the run adds (``obsm["gene_emb"]``, ``uns["spagraph_embed"]``)
+    land there and not in the caller's object."""
+    import anndata as ad
+    return ad.AnnData(X=a.X, obs=a.obs.copy(), var=a.var.copy(), obsm={k: v for k, v in a.obsm.items()},
+                      uns=copy.deepcopy(dict(a.uns)), layers={k: v for k, v in a.layers.items()})
 
 
 class Model:
@@ -144,7 +155,7 @@ def fit(adatas, config, seeds: list[int] | None = None, out: str | Path | None =
     if seeds is not None:
         d["train"]["seeds"] = [int(s) for s in seeds]
     cfg = as_config(d)
-    slices = _named(adatas)
+    slices = {k: _shallow(a) for k, a in _named(adatas).items()}   # the caller's AnnData stay untouched
     tmp = None
     if out is None:
         tmp = tempfile.TemporaryDirectory(prefix="spagraph_fit_")
