@@ -166,12 +166,13 @@ def fit(adatas, config, seeds: list[int] | None = None, out: str | Path | None =
     return model
 
 
-def read_inputs(paths: list, slices: list[str] | None = None, card: str | None = None) -> dict:
+def read_inputs(paths: list, slices: list[str] | None = None, card: str | None = None, **reader_kw) -> dict:
     """Slices to predict, as {name: loader()} (read lazily, one at a time).
 
     ``paths``: .h5ad files, Space Ranger ``outs/`` folders, her2st-style roots (with ``slices``
     selecting sections; each selector applies to every root) or, with ``card``, roots a dataset
-    card was fetched to (``slices`` selects, default all).
+    card was fetched to (``slices`` selects, default all). ``reader_kw`` (``bin_um``, ``grid``) go to
+    the Xenium / Visium HD readers (:func:`spagraph.io.read_slice`); other formats refuse them.
     """
     import functools
     from spagraph.io import read_slice
@@ -203,7 +204,7 @@ def read_inputs(paths: list, slices: list[str] | None = None, card: str | None =
             raise ValueError(f"--slice selects sections of a her2st-style root (a folder with counts/) or of a "
                              f"dataset card (--card); {p} is neither")
         name = p.stem if p.suffix == ".h5ad" else (p.parent.name if p.name == "outs" else p.name)
-        add(name, functools.partial(read_slice, p))
+        add(name, functools.partial(read_slice, p, **reader_kw))
     if not out:
         raise ValueError("no slices to predict")
     return out
