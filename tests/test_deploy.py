@@ -294,3 +294,11 @@ def test_run_summary_fits_80_columns_without_cutting_digits(fitted):
     for k in ("auc", "f1", "sensitivity", "specificity", "f1_mixture"):
         assert f"{m['mean'][k]:.3f}" in text, k              # every number whole
     assert "a_very_lo…" in text                              # names shortened instead
+
+
+def test_guard_flags_column_tolerates_rows_from_before_the_guard():
+    """Rows of a resumed run written before the guard existed carry no flags (NaN in the frame)."""
+    from spagraph.experiment.progress import _flags
+    df = pd.DataFrame([{"threshold_method": "mixture", "flags": ["degenerate"]}, {"threshold_method": "fixed"}])
+    assert _flags(df) == "DEGENERATE x1 -> mixture"
+    assert _flags(pd.DataFrame([{"flags": ["extreme_quantile"]}, {"threshold_method": "fixed"}])) == "1 noted"
