@@ -197,6 +197,9 @@ def test_pretrain_config_defaults_off_and_checked(tmp_path):
     assert cfg.pretrain.enabled is False
     # off by default: the config hash is the one of a config without the section
     assert cfg.config_hash() == ExperimentConfig.model_validate(base | {"pretrain": {"epochs": 30}}).config_hash()
-    assert cfg.config_hash() != ExperimentConfig.model_validate(base | {"pretrain": {"enabled": True}}).config_hash()
+    on = ExperimentConfig.model_validate(base | {"pretrain": {"enabled": True}})
+    assert cfg.config_hash() != on.config_hash()
+    assert on.config_hash() == ExperimentConfig.model_validate(
+        base | {"pretrain": {"enabled": True, "cache_dir": "elsewhere"}}).config_hash()
     with pytest.raises(ConfigError, match="nested"):
         validate_config(base | {"pretrain": {"enabled": True}, "nested": {"grid": {}}})

@@ -333,8 +333,10 @@ class ExperimentConfig(_Strict):
         d.pop("out", None); d.pop("track", None); d.pop("search", None)
         if d.get("nested") is None:
             d.pop("nested", None)   # added later: configs without it keep their hash
-        if d.get("pretrain") == PretrainConfig().model_dump(mode="json"):
-            d.pop("pretrain", None)   # added later: off by default, old hashes unchanged
+        if isinstance(d.get("pretrain"), dict):
+            d["pretrain"].pop("cache_dir", None)   # where weights are cached changes no result
+            if d["pretrain"] == {k: v for k, v in PretrainConfig().model_dump(mode="json").items() if k != "cache_dir"}:
+                d.pop("pretrain")                  # added later: off by default, old hashes unchanged
         for section, keys in RETIRED.items():      # hashes as before those keys were removed ...
             d[section] = {**d[section], **keys}
         for section, keys in ADDED_LATER.items():  # ... and before these were added (at their default)
