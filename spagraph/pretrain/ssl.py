@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 import logging
 import time
@@ -197,10 +198,12 @@ def pool_graphs(cfg, test_slices: list[str], encoder, base_dir: Path | None = No
     root = resolve_path(pt.pool, base_dir)
     adatas = read_allowed(root, test_slices, pt.names, pt.patient_pattern, reader=reader)
     gs = cfg.graph.model_copy(update={"feature_knn": 0})
+    # hvg / pca encoders read genes a section lacks as the training mean; others have no such option
+    kw = {"fill_missing": True} if "fill_missing" in inspect.signature(encoder.transform).parameters else {}
     out = {}
     for name, a in adatas.items():
         b = a.copy()
-        b.obsm["gene_emb"] = np.asarray(encoder.transform(b, fill_missing=True), dtype=np.float32)
+        b.obsm["gene_emb"] = np.asarray(encoder.transform(b, **kw), dtype=np.float32)
         out[name] = build_slice_graph(b, gs, label_key="__none__", name=name)
     return out
 
