@@ -220,7 +220,9 @@ class ThresholdConfig(_Strict):
     method: Literal["auto", "prior_adjusted", "expected_f1", "spatial", "mixture_spatial", "prevalence_quantile", "quantile_beta", "quantile_empirical",
                     "mixture", "val_f1", "val_youden", "fixed"] = "auto"
     fixed: float = Field(0.5, ge=0, le=1)
-    calibration: Literal["platt", "isotonic", "identity"] = "platt"
+    # "relative": slice-relative Platt fitted on the validation slice and the training slices'
+    # cross-fitted inner scores (spagraph.decide.calibration)
+    calibration: Literal["platt", "relative", "isotonic", "identity"] = "platt"
     # the slice's estimated cancer fraction: EM prior adjustment, two-component mixture, or the one
     # with the lower inner-fold error ("auto")
     prevalence: Literal["auto", "em", "mixture"] = "auto"
