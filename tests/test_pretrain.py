@@ -203,3 +203,17 @@ def test_pretrain_config_defaults_off_and_checked(tmp_path):
         base | {"pretrain": {"enabled": True, "cache_dir": "elsewhere"}}).config_hash()
     with pytest.raises(ConfigError, match="nested"):
         validate_config(base | {"pretrain": {"enabled": True}, "nested": {"grid": {}}})
+
+
+@pytest.mark.realdata
+def test_real_pool_minus_each_annotated_patient(her2st_unlabelled_root):
+    """The 28 unannotated her2st sections: for each annotated test section, its patient's 2-5
+    other sections are excluded and nothing else (listing only, no counts read)."""
+    from spagraph.pretrain.pool import list_pool
+    pool = list_pool(her2st_unlabelled_root)
+    assert len(pool) == 28
+    for test in ("A1", "B1", "C1", "D1", "E1", "F1", "G2", "H1"):
+        ok = allowed_sections([test], pool)
+        assert not [n for n in ok if n[0] == test[0]]
+        assert sorted(set(pool) - set(ok)) == [n for n in pool if n[0] == test[0]]
+        assert len(ok) == (23 if test[0] in "ABCD" else 26)
