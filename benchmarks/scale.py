@@ -157,7 +157,7 @@ def one_size(n: int, d_gene: int, max_full: int, train_cap: int | None, tile_siz
     if not train_cap or n <= train_cap:     # one whole epoch: every tile (or the full graph) once
         c0 = clock()
         res = fit([g], [], ms, ts, seed)
-        rec["train_epoch_s"], rec["train_cpu_s"] = since(c0)
+        rec["train_epoch_s"], rec["train_epoch_cpu_s"] = since(c0)
         rec["train_extrapolated"] = False
         model = res.model
     else:   # same per-piece code as fit(), on the first tiles only, then extrapolated by spots
@@ -175,7 +175,7 @@ def one_size(n: int, d_gene: int, max_full: int, train_cap: int | None, tile_siz
             if done >= train_cap:
                 break
         wall, cpu = since(c0)
-        rec["train_epoch_s"], rec["train_cpu_s"] = wall * n / done, cpu * n / done
+        rec["train_epoch_s"], rec["train_epoch_cpu_s"] = wall * n / done, cpu * n / done
         rec["train_extrapolated"] = True
         rec["train_timed_spots"] = done
     rec["load_train"] = round(os.getloadavg()[0], 2)
@@ -190,7 +190,7 @@ def one_size(n: int, d_gene: int, max_full: int, train_cap: int | None, tile_siz
     assert s.shape == (n,) and np.isfinite(s).all()
     rec["rss_peak_mb"] = round(rss_mb(), 1)
     rec["total_s"] = rec["build_s"] + rec["train_epoch_s"] + rec["infer_s"]
-    rec["total_cpu_s"] = rec["build_cpu_s"] + rec["train_cpu_s"] + rec["infer_cpu_s"]
+    rec["total_cpu_s"] = rec["build_cpu_s"] + rec["train_epoch_cpu_s"] + rec["infer_cpu_s"]
     if tiles:   # the tiling alone (subgraph extraction, no model), and the largest tile; not in the total
         from spagraph.train.tiles import iter_tiles
         c0 = clock()
