@@ -21,7 +21,11 @@ class _Stream(nn.Module):
 
     def __init__(self, d_in: int, s: ModelSettings, n_scales: int, n_bins: int):
         super().__init__()
-        self.proj = nn.Sequential(nn.Dropout(s.input_dropout), nn.Linear(d_in, s.hidden), nn.LayerNorm(s.hidden),
+        # hidden_norm "slice": statistics of the slice being processed, in training and scoring alike
+        # (AdaBN-style label-free adaptation, spagraph/train/adapt.py)
+        norm = (nn.BatchNorm1d(s.hidden, track_running_stats=False) if s.hidden_norm == "slice"
+                else nn.LayerNorm(s.hidden))
+        self.proj = nn.Sequential(nn.Dropout(s.input_dropout), nn.Linear(d_in, s.hidden), norm,
                                   nn.GELU(), nn.Dropout(s.dropout))
         self.convs = nn.ModuleList([MSFAConv(s.hidden, s.hidden, n_bins, s.n_modes) for _ in range(n_scales)]
                                    if s.msfa else [])
@@ -75,8 +79,9 @@ class SpaGraphNet(nn.Module):
     n_scales, n_bins : as in the graph (``data.num_scales``, ``data.n_dir_bins``).
 
     ``forward(data)`` returns a dict with ``logit`` (N,), ``z_img`` / ``z_gene`` (N, H) pooled
-    per-modality vectors before cross-attention (for the contrastive term), and ``m_img`` /
-    ``m_gene`` (N,) the modality masks actually used.
+    per-modality vectors before cross-attention (for the contrastive term), ``h`` (N, 2H) the
+    fused vector the head reads (for feature alignment), and ``m_img`` / ``m_gene`` (N,) the
+    modality masks actually used.
 
     ``smooth_logits(logit, data)`` is the scoring step after ``forward`` on a whole slice: with
     ``settings.feature_smoothing`` > 0 the logits are smoothed over the slice's
@@ -139,7 +144,7 @@ class SpaGraphNet(nn.Module):
             logit = logit + m_img * self.wide_img(data.x_img, data)
         if self.wide_gene is not None:
             logit = logit + m_gene * self.wide_gene(data.x_gene, data)
-        return {"logit": logit, "z_img": z_img, "z_gene": z_gene, "m_img": m_img, "m_gene": m_gene}
+        return {"logit": logit, "z_img": z_img, "z_gene": z_gene, "h": fused, "m_img": m_img, "m_gene": m_gene}
 
     def smooth_logits(self, logit: Tensor, data: Data) -> Tensor:
         """Whole-slice logits (N,) -> smoothed over ``data.edge_index_feat`` (unchanged when off)."""

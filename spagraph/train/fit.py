@@ -363,24 +363,56 @@ def prefer_prior(state: LoopState, val: list[Data], model: SpaGraphNet | None = 
     return True
 
 
-def spagraph_steps(model: SpaGraphNet, train: list[Data], s: TrainSettings, pos_weight: float, gen: torch.Generator):
+def spagraph_steps(model: SpaGraphNet, train: list[Data], s: TrainSettings, pos_weight: float, gen: torch.Generator,
+                   target: list[Data] | None = None):
     """``steps(rng)`` for :func:`train_loop`: every piece of every training slice (slices in
-    random order; whole graphs or tiles; orientation-augmented with ``s.orient_augment``)."""
+    random order; whole graphs or tiles; orientation-augmented with ``s.orient_augment``), or with
+    ``s.tiles_per_step`` > 0 mini-batches of tiles mixed over all training slices
+    (:mod:`spagraph.train.minibatch`). With ``s.coral_weight`` > 0 and label-free ``target``
+    slices, each step adds the CORAL term between its training spots' fused features and a
+    target slice's (:mod:`spagraph.train.adapt`)."""
     dev = next(model.parameters()).device
+    tiles = None
+    if s.tiles_per_step > 0:
+        from spagraph.train.minibatch import slice_tiles
+        tiles = slice_tiles(train, s.tile_size)      # cut once; shuffled and grouped every epoch
+    align = s.coral_weight > 0 and bool(target)
+    if align and any(bool(t.label_mask.any()) for t in target):
+        raise ValueError("CORAL targets must carry no labels: pass them through spagraph.train.adapt.strip_labels")
+
+    def pieces(rng: np.random.Generator):
+        if tiles is not None:
+            from spagraph.train.minibatch import merge_tiles, tile_batches
+            for group in tile_batches(tiles, s.tiles_per_step, rng):
+                merged = merge_tiles([random_turn(t, rng) if s.orient_augment else t for t in group])
+                yield merged, merged.interior
+        else:
+            for gi in rng.permutation(len(train)):
+                yield from _batches(train[gi], s, rng)
 
     def steps(rng: np.random.Generator):
-        for gi in rng.permutation(len(train)):
-            for piece, mask in _batches(train[gi], s, rng):
-                piece = _to(piece, dev)
-                out = model(piece, model.settings.modality_dropout)
-                yield _loss(model, out, piece.y, mask.to(dev), pos_weight, s, gen)
+        for piece, mask in pieces(rng):
+            piece = _to(piece, dev)
+            mask = mask.to(dev)
+            out = model(piece, model.settings.modality_dropout)
+            total, parts = _loss(model, out, piece.y, mask, pos_weight, s, gen)
+            if align:
+                from spagraph.train.adapt import coral_loss, pick_target
+                tgt = _to(pick_target(target, rng), dev)
+                c = coral_loss(out["h"][mask], model(tgt)["h"])
+                total = total + s.coral_weight * c
+                parts["coral"], parts["loss"] = float(c.detach()), float(total.detach())
+            yield total, parts
     return steps
 
 
 def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: TrainSettings, seed: int,
         on_epoch: Callable[[int, dict, Callable[[], dict]], None] | None = None, progress=None,
-        init_state: dict | None = None) -> FitResult:
+        init_state: dict | None = None, target: list[Data] | None = None) -> FitResult:
     """Train a SpaGraphNet on ``train`` slices, early-stopping on ``val`` slices' AUC.
+
+    ``target``: label-free slices (:func:`spagraph.train.adapt.strip_labels`) the CORAL term
+    aligns to when ``s.coral_weight`` > 0 (the test slice; its labels never enter).
 
     Only ``train`` labels enter the loss (and the linear prior); only ``val`` labels choose the
     epoch. ``on_epoch(epoch, record, state_fn)`` runs after each epoch (tracking, pruning,
@@ -404,7 +436,7 @@ def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: Tr
         if on_epoch is not None:
             on_epoch(epoch, rec, lambda: checkpoint_state(state, model, opt, epoch))
 
-    train_loop(model, opt, state, s.epochs, spagraph_steps(model, train, s, pos_weight, state.gen),
+    train_loop(model, opt, state, s.epochs, spagraph_steps(model, train, s, pos_weight, state.gen, target),
                (lambda m: validation_auc(m, val, s)) if val else (lambda m: None), after_epoch)
     kept = s.one_se_rule and prefer_prior(state, val, model, s)
     state.stop.restore_best(model)
