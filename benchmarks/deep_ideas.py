@@ -162,6 +162,7 @@ def summarise(records: list[dict], sections: list[str]) -> dict:
              "deep_vs_prior": paired(col("test_deep"), col("test_prior")),
              "sel_hm_vs_prior": paired(col("test_sel_hanley_mcneil"), col("test_prior")),
              "sel_delong_vs_prior": paired(col("test_sel_delong"), col("test_prior")),
+             "delong_rule_vs_hm_rule": paired(col("test_sel_delong"), col("test_sel_hanley_mcneil")),
              "deep_kept_hanley_mcneil": int(sum(r["deep_kept_hanley_mcneil"] for r in rs)),
              "deep_kept_delong": int(sum(r["deep_kept_delong"] for r in rs)), "n_fits": len(rs),
              "delong_sig_better": int(sum(sec[t]["delong_p"] < 0.05 and sec[t]["delong_sign"] > 0 for t in ts)),
@@ -186,6 +187,14 @@ def print_table(summary: dict) -> None:
               f"{o['delong_sig_better']}/{o['delong_sig_worse']} | {o['deep_kept_hanley_mcneil']}/{o['n_fits']} | "
               f"{o['deep_kept_delong']}/{o['n_fits']} | {m['test_sel_hanley_mcneil']:.4f} | {m['test_sel_delong']:.4f} | "
               f"{o['mean_steps']:.0f} | {o['mean_fit_seconds']:.0f} |")
+    print()
+    print("| variant | kept model, HM rule: mean AUC | Δ vs prior | kept model, DeLong rule: mean AUC | Δ vs prior | "
+          "Δ DeLong rule vs HM rule |")
+    print("|---|---|---|---|---|---|")
+    for v, o in summary.items():
+        m = o["mean"]
+        print(f"| {v} | {m['test_sel_hanley_mcneil']:.4f} | {f(o['sel_hm_vs_prior'])} | {m['test_sel_delong']:.4f} | "
+              f"{f(o['sel_delong_vs_prior'])} | {f(o['delong_rule_vs_hm_rule'])} |")
     print()
     for v, o in summary.items():
         print(v, " ".join(f"{t}:{o['per_section'][t]['test_deep']:.3f}/{o['per_section'][t]['test_prior']:.3f}"

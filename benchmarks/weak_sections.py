@@ -9,8 +9,9 @@ labels (so none of these numbers choose anything; they explain test results afte
   class separately, and the mean score per class;
 - spatial pattern: fraction of 1-pitch neighbour pairs with the same label; the prior's AUC on
   boundary spots (a neighbour of the other label) vs interior spots;
-- gene shift: a domain classifier (logistic regression on the PCs, 5-fold CV AUC) telling X's
-  spots from the training sections' spots (0.5 = indistinguishable);
+- gene shift: a domain classifier (15-nearest-neighbours on the PCs, 5-fold CV AUC) telling X's
+  spots from the training sections' spots (0.5 = indistinguishable), and the relative distance
+  between X's PC covariance and the training sections';
 - label shift in expression: the prior's mean score on X's negatives minus that on training negatives;
 - within-section ceiling: the same features (PCs + disc means), logistic regression trained on X's
   own labels under 4 spatial k-means blocks (predict one block from the other three): how
@@ -31,6 +32,7 @@ def main() -> None:
     import torch
     from sklearn.cluster import KMeans
     from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import cross_val_predict, StratifiedKFold
     from spagraph.experiment.config import load_config
@@ -79,13 +81,17 @@ def main() -> None:
             yy = y[sel]
             r[f"auc_{name}"] = float(roc_auc_score(yy, s[sel])) if 0 < yy.sum() < len(yy) else None
             r[f"n_{name}"] = int(sel.sum())
-        # gene shift: domain classifier X vs training sections
+        # gene shift: a k-nearest-neighbour domain classifier X vs training sections (a linear one sees
+        # nothing: every section is standardised within itself, so section means coincide), and the
+        # relative Frobenius distance between X's PC covariance and the training sections'
         xs = g.x_gene.numpy()
         xt = np.concatenate([graphs[n].x_gene.numpy() for n in fold.train])
         Xd, yd = np.r_[xt, xs], np.r_[np.zeros(len(xt)), np.ones(len(xs))]
-        pd_ = cross_val_predict(LogisticRegression(max_iter=2000, class_weight="balanced"), Xd, yd,
-                                cv=StratifiedKFold(5, shuffle=True, random_state=0), method="decision_function")
+        pd_ = cross_val_predict(KNeighborsClassifier(15), Xd, yd, cv=StratifiedKFold(5, shuffle=True, random_state=0),
+                                method="predict_proba")[:, 1]
         r["domain_auc"] = float(roc_auc_score(yd, pd_))
+        ct = np.cov(xt.T)
+        r["cov_distance"] = float(np.linalg.norm(np.cov(xs.T) - ct) / np.linalg.norm(ct))
         neg_tr = np.concatenate([sc[n][graphs[n].label_mask.numpy() & (graphs[n].y.numpy() == 0)] for n in fold.train])
         pos_tr = np.concatenate([sc[n][graphs[n].label_mask.numpy() & (graphs[n].y.numpy() == 1)] for n in fold.train])
         r["score_neg_test_minus_train"] = float(s[y == 0].mean() - neg_tr.mean())
@@ -106,7 +112,7 @@ def main() -> None:
         print(f"{x}: prior {r['prior_auc']:.3f} | cancer {r['cancer_fraction']:.2f} of {r['n_labelled']} | "
               f"cancer vs {', '.join(f'{c} {v:.2f}' for c, v in r['auc_cancer_vs'].items())} | same-label pairs "
               f"{r['same_label_neighbour_pairs']:.2f} | AUC boundary {r['auc_boundary']} ({r['n_boundary']}) interior "
-              f"{r['auc_interior']} | domain AUC {r['domain_auc']:.3f} | neg score shift {r['score_neg_test_minus_train']:+.3f} "
+              f"{r['auc_interior']} | domain AUC {r['domain_auc']:.3f} cov dist {r['cov_distance']:.2f} | neg score shift {r['score_neg_test_minus_train']:+.3f} "
               f"pos {r['score_pos_test_minus_train']:+.3f} | within-section {r['within_section_blocked_auc']}", flush=True)
     if a.out:
         atomic_write_json(Path(a.out), res)
