@@ -77,3 +77,29 @@ def test_slice_norm_removes_a_slice_wide_feature_shift_layer_norm_does_not():
         with torch.no_grad():
             a, b = model(g)["logit"], model(shifted)["logit"]
         assert torch.allclose(a, b, atol=1e-5) == same
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_runner_hands_fit_only_the_label_free_test_slice(monkeypatch, weight):
+    import spagraph.train.fit as fitmod
+    from spagraph.experiment.config import validate_config
+    from spagraph.experiment.data import Fold
+    from spagraph.experiment.runner import fit_predict
+    seen = {}
+    real_fit = fitmod.fit
+
+    def spy(*a, target=None, **k):
+        seen["target"] = target
+        return real_fit(*a, target=target, **k)
+    monkeypatch.setattr(fitmod, "fit", spy)
+    cfg = validate_config({"data": {"sources": [{"reader": "synthetic"}]}, "embed": {"image_encoder": None},
+                           "model": {"hidden": 8, "heads": 2, "contrastive_weight": 0.0},
+                           "train": {"epochs": 2, "min_epochs": 1, "coral_weight": weight}})
+    graphs = {f"s{i}": _graph(i) for i in range(4)}
+    fit_predict(cfg, graphs, Fold("s3", ["s0", "s1"], ["s2"], ["s3"]), 0)
+    if weight == 0:
+        assert seen["target"] is None
+    else:
+        (t,) = seen["target"]
+        assert t.x_gene is graphs["s3"].x_gene and not t.label_mask.any() and torch.isnan(t.y).all()
+        assert graphs["s3"].label_mask.any()   # the slice itself keeps its labels for scoring
