@@ -85,3 +85,11 @@ def test_fit_with_tile_minibatches_is_deterministic_and_takes_more_steps():
     assert not np.allclose(p[0], p[2])
     assert steps[2] == 3 * 2                                   # full graphs: one step per slice and epoch
     assert steps[0] == 3 * -(-len(slice_tiles(gs[:2], 4.0)) // 2) > steps[2]
+
+
+def test_tile_minibatches_refuse_per_slice_statistics():
+    from spagraph.train.fit import TrainSettings, fit
+    gs = [_graph(seed=s) for s in range(3)]
+    with pytest.raises(ValueError, match="hidden_norm"):
+        fit(gs[:2], [gs[2]], ModelSettings(hidden=8, heads=2, contrastive_weight=0.0, hidden_norm="slice"),
+            TrainSettings(tiles_per_step=2, tile_size=4.0, epochs=1), seed=0)

@@ -375,6 +375,9 @@ def spagraph_steps(model: SpaGraphNet, train: list[Data], s: TrainSettings, pos_
     tiles = None
     if s.tiles_per_step > 0:
         from spagraph.train.minibatch import slice_tiles
+        if model.settings.hidden_norm == "slice":
+            raise ValueError("train.tiles_per_step > 0 mixes tiles of several slices in one step, so model.hidden_norm: "
+                             "slice would normalise over a mixture of slices: use one of the two")
         tiles = slice_tiles(train, s.tile_size)      # cut once; shuffled and grouped every epoch
     align = s.coral_weight > 0 and bool(target)
     if align and any(bool(t.label_mask.any()) for t in target):
