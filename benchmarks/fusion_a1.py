@@ -38,13 +38,20 @@ BASE_MODEL = dict(hidden=32, heads=4, layers=1, dropout=0.2, input_dropout=0.1, 
                   modality_dropout=0.2, cross_attention=True, msfa=True)
 BASE_TRAIN = dict(epochs=150, lr=1e-3, weight_decay=1e-2, patience=30, min_epochs=10, batch_mode="full",
                   device="cpu")
+PRIOR = {"linear_path": True, "linear_C": 0.01}
 VARIANTS = {
+    # the deep network alone (no linear path): what MSFA + fusion learn by themselves
     "fusion (MSFA + cross-attention + InfoNCE)": ({}, ("img", "gene")),
     "concat instead of cross-attention": ({"cross_attention": False}, ("img", "gene")),
     "no contrastive term": ({"contrastive_weight": 0.0}, ("img", "gene")),
     "image only": ({}, ("img",)),
     "genes only": ({}, ("gene",)),
-    "fusion + linear prior": ({"linear_path": True, "linear_C": 0.01}, ("img", "gene")),
+    # with the linear prior (logistic regression on the inputs + disc means, training blocks only,
+    # frozen; the deep part a residual kept only if it beats the prior on the validation block)
+    "prior + fusion": (PRIOR, ("img", "gene")),
+    "prior + concat": (PRIOR | {"cross_attention": False}, ("img", "gene")),
+    "prior + fusion, image only": (PRIOR, ("img",)),
+    "prior + fusion, genes only": (PRIOR, ("gene",)),
 }
 
 
@@ -80,6 +87,23 @@ def graph_of(a, modalities, name="A1"):
     return zscore_features(build_slice_graph(b, GraphSettings(scales=[1.0, 2.0, 3.0], n_dir_bins=8), name=name))
 
 
+def a1_nce(g, ms, seed, state) -> float:
+    """InfoNCE between A1's pooled image and gene vectors (all spots, eval mode; no labels) for
+    streams freshly initialised with ``seed`` or loaded from ``state``."""
+    import torch
+    from spagraph.nn.losses import info_nce
+    from spagraph.nn.model import SpaGraphNet
+    from spagraph.train.fit import seed_everything
+    seed_everything(seed)
+    m = SpaGraphNet(g.x_img.shape[1], g.x_gene.shape[1], g.num_scales, g.n_dir_bins, ms)
+    if state:
+        m.load_state_dict(state, strict=False)
+    m.eval()
+    with torch.no_grad():
+        out = m(g)
+        return float(info_nce(out["z_img"], out["z_gene"], ms.temperature))
+
+
 def summarise(res, y, lab):
     from sklearn.metrics import roc_auc_score
     ok = lab & ~np.isnan(res.scores)
@@ -100,10 +124,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--schemes", nargs="+", default=["kmeans", "quadrants"])
     ap.add_argument("--n-pcs", type=int, default=20)
-    ap.add_argument("--only", nargs="*", default=None, help="spagraph variants to run (substring match)")
+    ap.add_argument("--only", nargs="*", default=None, help="spagraph variants to run (exact names)")
     ap.add_argument("--no-logreg", action="store_true")
     ap.add_argument("--pretrain", action="store_true", help="contrastive pretraining on B4, C2-C6 vs scratch")
-    ap.add_argument("--pretrain-epochs", type=int, default=200)
+    ap.add_argument("--pretrain-epochs", type=int, nargs="+", default=[20, 100])
+    ap.add_argument("--save", type=Path, default=None, help="write every out-of-block score to this .npz")
     a_ = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
@@ -120,11 +145,13 @@ def main() -> None:
     blocks = {s: spatial_blocks(a.obsm["spatial"], s) for s in a_.schemes}
     g_both = graph_of(a, ("img", "gene"))
     rows = []
+    scores = {}
 
     def report(name, seed, scheme, res, secs):
         pooled, mean, per = summarise(res, y, lab)
         eps = [p["epoch"] for p in res.per_block]
         rows.append((name, seed, scheme, pooled, mean, per))
+        scores.setdefault((name, scheme), []).append(res.scores)
         print(f"| {name} | {seed} | {scheme} | {pooled:.3f} | {mean:.3f} | " + ", ".join(f"{v:.3f}" for v in per)
               + f" | {eps} | {secs:.0f} | {os.getloadavg()[0]:.1f} |", flush=True)
 
@@ -148,11 +175,15 @@ def main() -> None:
             b.obsm["gene_emb"] = genc.transform(b)
         pre_graphs = [graph_of(b, ("img", "gene"), name=b.uns["spagraph_slice"]["library_id"]) for b in extra]
         for seed in a_.seeds:
-            t = time.time()
-            pre = pretrain_contrastive(pre_graphs, ms, epochs=a_.pretrain_epochs, seed=seed, predicted=["A1"])
-            print(f"pretraining seed {seed}: InfoNCE {pre.history[0]:.3f} -> {pre.history[-1]:.3f} "
-                  f"({time.time() - t:.0f} s)", flush=True)
-            for arm, warm in (("fusion from scratch", None), ("fusion, contrastive-pretrained", pre.state)):
+            arms = [("fusion from scratch", None)]
+            for ep in a_.pretrain_epochs:
+                t = time.time()
+                pre = pretrain_contrastive(pre_graphs, ms, epochs=ep, seed=seed, predicted=["A1"])
+                print(f"pretraining {ep} epochs, seed {seed}: InfoNCE on B4, C2-C6 {pre.history[0]:.3f} -> "
+                      f"{pre.history[-1]:.3f}; on A1 (label-free): fresh streams {a1_nce(g_both, ms, seed, None):.3f}, "
+                      f"pretrained {a1_nce(g_both, ms, seed, pre.state):.3f} ({time.time() - t:.0f} s)", flush=True)
+                arms.append((f"fusion, contrastive-pretrained {ep} epochs", pre.state))
+            for arm, warm in arms:
                 for scheme, bl in blocks.items():
                     t = time.time()
                     report(arm, seed, scheme, blocked_scores(g_both, bl, spagraph_block_fitter(ms, ts, seed, warm)),
@@ -160,7 +191,7 @@ def main() -> None:
     else:
         graphs = {("img", "gene"): g_both, ("img",): graph_of(a, ("img",)), ("gene",): graph_of(a, ("gene",))}
         for name, (over, mods) in VARIANTS.items():
-            if a_.only and not any(o in name for o in a_.only):
+            if a_.only and name not in a_.only:
                 continue
             ms = ModelSettings(**(BASE_MODEL | over))
             for seed in a_.seeds:
@@ -175,15 +206,32 @@ def main() -> None:
             rr = [r for r in rows if r[0] == name and r[2] == scheme]
             parts.append(f"{scheme} {np.mean([r[3] for r in rr]):.3f} / {np.mean([r[4] for r in rr]):.3f}")
         print(f"  {name}: " + "; ".join(parts))
+    if len(a_.seeds) > 1:
+        from sklearn.metrics import roc_auc_score
+        print(f"ensemble of the {len(a_.seeds)} seeds (mean probability per spot; pooled AUC / mean block AUC):")
+        for name in dict.fromkeys(r[0] for r in rows if r[1] != "-"):
+            parts = []
+            for scheme in a_.schemes:
+                ens = np.mean(scores[(name, scheme)], axis=0)
+                per = [roc_auc_score(y[lab & (blocks[scheme] == b)], ens[lab & (blocks[scheme] == b)])
+                       for b in np.unique(blocks[scheme])]
+                parts.append(f"{scheme} {roc_auc_score(y[lab], ens[lab]):.3f} / {np.mean(per):.3f}")
+            print(f"  {name}: " + "; ".join(parts))
+    if a_.save:
+        from spagraph.utils import atomic_path
+        with atomic_path(a_.save) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, y=y, labelled=lab, **{f"{n}|{sc}": np.array(v) for (n, sc), v in scores.items()},
+                         **{f"blocks|{sc}": b for sc, b in blocks.items()})
     if a_.pretrain:
-        for scheme in a_.schemes:
-            d = [np.array(r2[5]) - np.array(r1[5]) for r1 in rows for r2 in rows
-                 if r1[0] == "fusion from scratch" and r2[0] == "fusion, contrastive-pretrained"
-                 and r1[1] == r2[1] and r1[2] == r2[2] == scheme]
-            d = np.concatenate(d)
-            print(f"  paired per block ({scheme}, {len(d)} block x seed pairs): pretrained - scratch "
-                  f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f} (better {int((d > 0).sum())}, "
-                  f"worse {int((d < 0).sum())})")
+        for arm in dict.fromkeys(r[0] for r in rows if "pretrained" in r[0]):
+            for scheme in a_.schemes:
+                d = [np.array(r2[5]) - np.array(r1[5]) for r1 in rows for r2 in rows
+                     if r1[0] == "fusion from scratch" and r2[0] == arm and r1[1] == r2[1] and r1[2] == r2[2] == scheme]
+                d = np.concatenate(d)
+                print(f"  paired per block ({arm}, {scheme}, {len(d)} block x seed pairs): pretrained - scratch "
+                      f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f} (better {int((d > 0).sum())}, "
+                      f"worse {int((d < 0).sum())})")
     print(f"total {time.time() - t0:.0f} s, load average {os.getloadavg()}")
 
 

@@ -141,3 +141,23 @@ def test_contrastive_pretraining_learns_alignment_and_warm_starts_fit():
     assert not all(torch.equal(cold[k], v) for k, v in res.state.items())
     with pytest.raises(ValueError, match="lacks"):
         build_model(gs, MS, TS, seed=1, warm_start={"not.a.weight": torch.zeros(1)})
+
+
+@pytest.mark.realdata
+def test_pretraining_image_resampled_to_a1_pixels_per_pitch(her2st_root, her2st_unlabelled_root):
+    import warnings
+
+    from spagraph.embed.patches import load_slice_image
+    from spagraph.graph.neighbours import spot_pitch
+    from spagraph.io import read_her2st
+    from spagraph.pretrain.contrastive import a1_pitch_px, resample_to_pitch
+    pitch = a1_pitch_px(her2st_root)
+    assert 50 < pitch < 70                      # README: A1's PNG, spot pitch about 62 px
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = read_her2st(her2st_unlabelled_root, "B4")
+    assert a.uns["spagraph_slice"].get("image_path")   # a full-resolution file to start from
+    resample_to_pitch(a, pitch)
+    im = load_slice_image(a)
+    assert im.source == "hires" and "image_path" not in a.uns["spagraph_slice"]
+    assert abs(spot_pitch(a.obsm["spatial"]) * im.scale - pitch) < 0.01 * pitch
