@@ -112,6 +112,33 @@ def summarise(res, y, lab):
     return pooled, float(np.mean(per)), per
 
 
+def paired_from_file(path: Path, reference: str) -> None:
+    """Per block and seed, AUC(row) - AUC(reference) from a ``--save`` file: mean ± SE over the
+    block x seed pairs, better / worse counts, and the same on the seed-ensembled scores."""
+    from sklearn.metrics import roc_auc_score
+    z = np.load(path)
+    y, lab = z["y"], z["labelled"]
+    schemes = sorted(k.split("|")[1] for k in z.files if k.startswith("blocks|"))
+    names = list(dict.fromkeys(k.split("|")[0] for k in z.files if "|" in k and not k.startswith("blocks|")))
+    if reference not in names:
+        raise SystemExit(f"{path}: no row {reference!r}; rows: {names}")
+
+    def block_aucs(sc, bl):
+        return np.array([roc_auc_score(y[lab & (bl == b)], sc[lab & (bl == b)]) for b in np.unique(bl)])
+    print(f"paired per block against {reference!r} ({path}):")
+    for n in names:
+        if n == reference:
+            continue
+        for scheme in schemes:
+            bl = z[f"blocks|{scheme}"]
+            ref, row = z[f"{reference}|{scheme}"], z[f"{n}|{scheme}"]
+            d = np.concatenate([block_aucs(r, bl) - block_aucs(f, bl) for r, f in zip(row, ref)])
+            de = block_aucs(row.mean(0), bl) - block_aucs(ref.mean(0), bl)
+            print(f"  {n} - reference, {scheme}: {d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f} over "
+                  f"{len(d)} block x seed pairs (better {int((d > 0).sum())}, worse {int((d < 0).sum())}); "
+                  f"seed ensembles {de.mean():+.3f} (per block " + ", ".join(f"{v:+.3f}" for v in de) + ")")
+
+
 def main() -> None:
     import torch
     from spagraph.nn import ModelSettings
@@ -129,7 +156,11 @@ def main() -> None:
     ap.add_argument("--pretrain", action="store_true", help="contrastive pretraining on B4, C2-C6 vs scratch")
     ap.add_argument("--pretrain-epochs", type=int, nargs="+", default=[20, 100])
     ap.add_argument("--save", type=Path, default=None, help="write every out-of-block score to this .npz")
+    ap.add_argument("--paired", type=Path, default=None, help="only compare rows of a --save file, paired per block")
+    ap.add_argument("--reference", default="fusion (MSFA + cross-attention + InfoNCE)")
     a_ = ap.parse_args()
+    if a_.paired:
+        return paired_from_file(a_.paired, a_.reference)
     torch.set_num_threads(1)
     t0 = time.time()
     extra = None
