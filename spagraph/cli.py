@@ -230,14 +230,17 @@ def predict(model_dir: Path = typer.Argument(..., help="saved model folder (RUN/
             max_missing_weight: float = typer.Option(0.2, "--max-missing-weight", min=0.0, max=1.0,
                                                      help="refuse a slice whose missing genes carry more than this share of the gene encoder's weight"),
             plot: bool = typer.Option(True, "--plot/--no-plot", help="also write a PNG map per slice (H&E, score, uncertainty, regions, risk)"),
-            sdata_table: Optional[str] = typer.Option(None, "--sdata-table", help="SLICE is a SpatialData .zarr: also write the predictions into it as this table (annotating the same shapes)")):
+            sdata_table: Optional[str] = typer.Option(None, "--sdata-table", help="SLICE is a SpatialData .zarr: also write the predictions into it as this table (annotating the same shapes)"),
+            bin_um: Optional[float] = typer.Option(None, "--bin-um", help="Xenium pseudo-spot size (default 50) / Visium HD bin size (default 16), microns: match what the model was trained on"),
+            grid: Optional[str] = typer.Option(None, "--grid", help="Xenium: square (default) or hex")):
     """Predict new slices with a saved model: score, prediction, regions, risk, uncertainty -> .h5ad + .csv + .png per slice."""
     from rich.console import Console
     import spagraph.tl as tl
     from spagraph.embed.match import read_aliases
     aliases = read_aliases(gene_aliases) if gene_aliases else None
     model = tl.load_model(model_dir)
-    inputs = tl.read_inputs(list(slice_paths), slice, card)
+    reader_kw = {k: v for k, v in (("bin_um", bin_um), ("grid", grid)) if v is not None}
+    inputs = tl.read_inputs(list(slice_paths), slice, card, **reader_kw)
     if sdata_table and len(inputs) != 1:
         _fail(f"--sdata-table writes into one SpatialData store; {len(inputs)} slices were given")
     con = Console(stderr=False)

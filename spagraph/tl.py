@@ -14,6 +14,8 @@
 """
 from __future__ import annotations
 
+import copy
+
 import shutil
 import tempfile
 from pathlib import Path
@@ -56,6 +58,15 @@ def _named(adatas) -> dict:
     if not out:
         raise ValueError("fit: no slices given")
     return out
+
+
+def _shallow(a):
+    """A new AnnData over the same count matrix (not copied: nothing writes X) with its own
+    obs / obsm / uns, so the embeddings the run adds (``obsm["gene_emb"]``, ``uns["spagraph_embed"]``)
+    land there and not in the caller's object."""
+    import anndata as ad
+    return ad.AnnData(X=a.X, obs=a.obs.copy(), var=a.var.copy(), obsm={k: v for k, v in a.obsm.items()},
+                      uns=copy.deepcopy(dict(a.uns)), layers={k: v for k, v in a.layers.items()})
 
 
 class Model:
@@ -144,7 +155,7 @@ def fit(adatas, config, seeds: list[int] | None = None, out: str | Path | None =
     if seeds is not None:
         d["train"]["seeds"] = [int(s) for s in seeds]
     cfg = as_config(d)
-    slices = _named(adatas)
+    slices = {k: _shallow(a) for k, a in _named(adatas).items()}   # the caller's AnnData stay untouched
     tmp = None
     if out is None:
         tmp = tempfile.TemporaryDirectory(prefix="spagraph_fit_")
@@ -155,12 +166,13 @@ def fit(adatas, config, seeds: list[int] | None = None, out: str | Path | None =
     return model
 
 
-def read_inputs(paths: list, slices: list[str] | None = None, card: str | None = None) -> dict:
+def read_inputs(paths: list, slices: list[str] | None = None, card: str | None = None, **reader_kw) -> dict:
     """Slices to predict, as {name: loader()} (read lazily, one at a time).
 
     ``paths``: .h5ad files, Space Ranger ``outs/`` folders, her2st-style roots (with ``slices``
     selecting sections; each selector applies to every root) or, with ``card``, roots a dataset
-    card was fetched to (``slices`` selects, default all).
+    card was fetched to (``slices`` selects, default all). ``reader_kw`` (``bin_um``, ``grid``) go to
+    the Xenium / Visium HD readers (:func:`spagraph.io.read_slice`); other formats refuse them.
     """
     import functools
     from spagraph.io import read_slice
@@ -192,7 +204,7 @@ def read_inputs(paths: list, slices: list[str] | None = None, card: str | None =
             raise ValueError(f"--slice selects sections of a her2st-style root (a folder with counts/) or of a "
                              f"dataset card (--card); {p} is neither")
         name = p.stem if p.suffix == ".h5ad" else (p.parent.name if p.name == "outs" else p.name)
-        add(name, functools.partial(read_slice, p))
+        add(name, functools.partial(read_slice, p, **reader_kw))
     if not out:
         raise ValueError("no slices to predict")
     return out

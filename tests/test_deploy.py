@@ -31,7 +31,10 @@ CFG = {"name": "tiny_fit",
 def fitted(tmp_path_factory):
     """spagraph.tl.fit on 3 synthetic slices (2 train + 1 whole validation slice), saved."""
     slices = make_synthetic_dataset(3, seed=0, n_spots=150, with_image=False)
+    before = {k: (sorted(a.obsm), sorted(a.uns), sorted(a.obs.columns)) for k, a in slices.items()}
     model = spagraph.tl.fit(slices, CFG, out=tmp_path_factory.mktemp("fit"))
+    model.inputs_changed = {k: (sorted(a.obsm), sorted(a.uns), sorted(a.obs.columns)) != before[k]
+                            for k, a in slices.items()}
     saved = model.save(tmp_path_factory.mktemp("m") / "model")
     new = make_synthetic_dataset(2, seed=7, n_spots=150, with_image=False, prefix="new")
     return model, saved, new
@@ -68,6 +71,11 @@ def test_fit_reports_validation_and_saves_a_self_sufficient_folder(fitted):
     assert st["kind"] == "pca" and isinstance(st["components"], (torch.Tensor, list)) and len(st["genes"]) == 200
     card = (member / "model_card.md").read_text()
     assert "syn0, syn1" in card and "syn2" in card and "validation" in card
+
+
+def test_fit_leaves_the_callers_anndata_untouched(fitted):
+    model, _, _ = fitted
+    assert model.inputs_changed and not any(model.inputs_changed.values())
 
 
 def test_save_load_identical_scores_api(fitted):
@@ -286,3 +294,11 @@ def test_run_summary_fits_80_columns_without_cutting_digits(fitted):
     for k in ("auc", "f1", "sensitivity", "specificity", "f1_mixture"):
         assert f"{m['mean'][k]:.3f}" in text, k              # every number whole
     assert "a_very_lo…" in text                              # names shortened instead
+
+
+def test_guard_flags_column_tolerates_rows_from_before_the_guard():
+    """Rows of a resumed run written before the guard existed carry no flags (NaN in the frame)."""
+    from spagraph.experiment.progress import _flags
+    df = pd.DataFrame([{"threshold_method": "mixture", "flags": ["degenerate"]}, {"threshold_method": "fixed"}])
+    assert _flags(df) == "DEGENERATE x1 -> mixture"
+    assert _flags(pd.DataFrame([{"flags": ["extreme_quantile"]}, {"threshold_method": "fixed"}])) == "1 noted"

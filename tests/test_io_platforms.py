@@ -466,3 +466,16 @@ def test_region_polygons_label_spots_geojson_and_xenium_explorer_csv(tmp_path):
     inside = ((bum > 64) & (bum < 160)).all(1) & ~((bum > 96) & (bum < 128)).all(1)
     assert inside.sum() == 36 - 4
     assert (b.obs["cancer"].to_numpy(dtype=float, na_value=0) == inside).all() and b.obs["cancer"].isna().sum() == b.n_obs - 32
+
+
+def test_predict_inputs_pass_the_bin_size_to_the_xenium_reader(xenium, tmp_path):
+    """`spagraph predict --bin-um` reaches the reader (it was always 50 µm); h5ad inputs refuse it."""
+    import spagraph.tl as tl
+    root, _ = xenium
+    a = tl.read_inputs([root], bin_um=100.0)[root.name]()
+    assert a.uns["spagraph_slice"]["bin_um"] == 100.0
+    assert a.n_obs < read_xenium(root, bin_um=50).n_obs
+    h5 = tmp_path / "s.h5ad"
+    a.write_h5ad(h5)
+    with pytest.raises(ValueError, match="Xenium and Visium HD only"):
+        tl.read_inputs([h5], bin_um=100.0)["s"]()

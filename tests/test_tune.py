@@ -51,6 +51,7 @@ def test_tune_without_search_block_fails(tmp_path):
     cfg.write_text(YAML.split("search:")[0])
     with pytest.raises(ConfigError, match="search"):
         tune(cfg, 1, f"sqlite:///{tmp_path}/s.db", tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists()   # a refused config leaves no empty output folder behind
 
 
 NESTED_YAML = YAML.replace("n_slices: 3", "n_slices: 4").replace("epochs: 3", "epochs: 2")

@@ -48,10 +48,12 @@ def _flags(df) -> str:
     """Guard flags of a slice's rows: DEGENERATE -> fallback, or the number of noted extremes."""
     if "flags" not in df:
         return ""
-    deg = [str(r.get("threshold_method")) for _, r in df.iterrows() if "degenerate" in (r.get("flags") or [])]
+    def listed(f):   # rows written before the guard existed hold NaN (a float) here, not a list
+        return list(f) if isinstance(f, (list, tuple)) else []
+    deg = [str(r.get("threshold_method")) for _, r in df.iterrows() if "degenerate" in listed(r.get("flags"))]
     if deg:
         return f"DEGENERATE x{len(deg)} -> {','.join(sorted(set(deg)))}"
-    n = sum(1 for f in df["flags"] if f)
+    n = sum(1 for f in df["flags"] if listed(f))
     return f"{n} noted" if n else ""
 
 

@@ -106,11 +106,11 @@ def tune(config: str | Path, trials: int, storage: str, out: str | Path, overrid
     from spagraph.experiment.data import load_slices
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     base_dir = Path(config).resolve().parent
     cfg = _absolute_sources(load_config(config, overrides), base_dir)
     if not cfg.search:
         raise ConfigError(f"{config}: no 'search:' block: nothing to tune")
+    out.mkdir(parents=True, exist_ok=True)   # only once the config is valid: a typo leaves no empty folder
     slices, groups = load_slices(cfg.data, base_dir)
     for x in exclude or []:
         if x not in slices:

@@ -162,6 +162,8 @@ def read_slice(path: str | Path, slice_name: str | None = None, **kw) -> ad.AnnD
     from spagraph.io.her2st import read_her2st
     path = Path(path)
     if path.suffix == ".h5ad":
+        if kw.get("bin_um") is not None or kw.get("grid") is not None:
+            raise ValueError(f"{path}: bin size / grid apply to Xenium and Visium HD only")
         return read_h5ad(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file or directory: {path}")
