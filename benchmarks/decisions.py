@@ -4,7 +4,10 @@ Reads RUN_DIR/metrics.json (written by `spagraph run`) and prints markdown table
 sensitivity, specificity, |predicted - true cancer fraction| (means over sections of per-section
 means over seeds) and the worst section's sensitivity / specificity; the rule in force per section
 (``auto``: chosen by inner folds) with its F1 / sensitivity / specificity, the label-free prevalence
-estimates against the true fraction, ECE and guard flags. Nothing is recomputed.
+estimates against the true fraction, ECE and guard flags. Nothing is recomputed, except two
+*ceilings* from RUN_DIR/predictions.csv that use the test labels (so they are bounds, not methods):
+the F1 of cutting each section at its true cancer fraction, and the best F1 any per-section threshold
+reaches.
 """
 from __future__ import annotations
 
@@ -37,6 +40,30 @@ def _load(run_dir: Path) -> dict:
             "per_slice": rows, "mean": mean, "std": std, "decisions": summarise_decisions(rows)}
 
 
+def ceilings(pred_csv: Path) -> dict | None:
+    """Label-using bounds per section (means over seeds): F1 when each section is cut at its true
+    cancer fraction (rank of the raw score), and the best F1 over every threshold on the section."""
+    if not pred_csv.exists():
+        return None
+    from spagraph.train.metrics import call_metrics
+    p = pd.read_csv(pred_csv, usecols=["slice", "seed", "raw_score", "label"])
+    rows = []
+    for (s, seed), g in p.groupby(["slice", "seed"], sort=False):
+        g = g[g["label"].notna()]
+        y = g["label"].to_numpy(int)
+        if len(np.unique(y)) < 2:
+            continue
+        o = np.argsort(-g["raw_score"].to_numpy(), kind="stable")
+        ys = y[o]
+        tp = np.cumsum(ys)
+        f1 = 2 * tp / (np.arange(1, len(ys) + 1) + ys.sum())       # call the top k cancer, k = 1..n
+        k = int(round(ys.mean() * len(ys)))
+        true_cut = call_metrics(y, (np.arange(len(y))[np.argsort(o)] < k).astype(int))["f1"]
+        rows.append({"slice": s, "true_fraction_cut": true_cut, "best_threshold": float(f1.max())})
+    df = pd.DataFrame(rows).groupby("slice", sort=False).mean()
+    return {"true_fraction_cut": float(df["true_fraction_cut"].mean()), "best_threshold": float(df["best_threshold"].mean())}
+
+
 def main(run_dir: str) -> None:
     m = _load(Path(run_dir))
     d = m.get("decisions") or {}
@@ -59,7 +86,13 @@ def main(run_dir: str) -> None:
               f"{v['min_sensitivity']:.3f} | {v['min_specificity']:.3f} |")
     print(f"\nAUC {_f(m['mean'].get('auc'))}; prevalence MAE over sections (estimator chosen by inner folds) "
           f"{_f(d.get('prevalence_mae'))} (EM {_f(d.get('prevalence_mae_em'))}, mixture {_f(d.get('prevalence_mae_mixture'))}); "
-          f"degenerate calls: {len(d.get('degenerate', []))}\n")
+          f"mean ECE over sections {_f(float(pd.to_numeric(rows['ece'], errors='coerce').groupby(rows['slice']).mean().mean()))}; "
+          f"degenerate calls: {len(d.get('degenerate', []))}")
+    c = ceilings(Path(run_dir) / "predictions.csv")
+    if c:
+        print(f"Ceilings (use the test labels; bounds, not methods): cut at the true cancer fraction F1 "
+              f"{c['true_fraction_cut']:.3f}; best per-section threshold F1 {c['best_threshold']:.3f}")
+    print()
     print("| section | rule(s) in force | F1 | sensitivity | specificity | est. fraction | true fraction | ECE | flags |")
     print("|---|---|---|---|---|---|---|---|---|")
     for s, g in per_sec:

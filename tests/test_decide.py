@@ -141,7 +141,7 @@ def _graph(name, n, y, rng):
     ei = torch.tensor(np.array(np.nonzero(d == 1)), dtype=torch.long)
     x = torch.tensor(rng.standard_normal((n, 4)) + 1.2 * np.nan_to_num(y)[:, None], dtype=torch.float32)
     return SimpleNamespace(name=name, y=torch.tensor(y, dtype=torch.float32), spot_ids=[f"{name}_{i}" for i in range(n)],
-                           edge_index_0=ei, num_nodes=n)
+                           edge_index_0=ei, num_nodes=n, x=x)
 
 
 def _cfg(method):
@@ -182,3 +182,83 @@ def test_shuffling_test_labels_leaves_every_call_unchanged(method):
     graphs["va"].y = torch.tensor(1 - np.nan_to_num(graphs["va"].y.numpy()))
     rows3, _ = score_fold(_cfg(method), graphs, fold, 0, scores)
     assert rows3[0]["calibration"] != r1["calibration"]
+
+
+# ---------------------------------------------------------------- slice-relative calibration
+
+
+def test_relative_calibration_ignores_a_shift_of_the_slice_scores():
+    """The relative map sees each slice through its own mixture crossing and spread: an increasing
+    affine map of one slice's log-odds (a batch effect) leaves its calibrated probabilities as they
+    were, where the plain Platt map moves them."""
+    from spagraph.decide.calibration import fit_relative, logit
+    rng = np.random.default_rng(7)
+    groups = [two_class(600, pi, rng) for pi in (0.3, 0.5, 0.7)]
+    cal = fit_relative(groups, ["a", "b", "c"])
+    platt = fit_calibration(*groups[0])
+    assert cal.kind == "relative" and cal.a > 0 and cal.fitted_on == ["a", "b", "c"]
+    assert cal.prior == pytest.approx(np.mean(np.concatenate([g[0] for g in groups])))
+    ty, ts = two_class(800, 0.4, rng)
+    shifted = sigmoid(1.7 * logit(ts) + 2.0)
+    assert np.allclose(cal(ts), cal(shifted), atol=1e-6)
+    assert not np.allclose(platt(ts), platt(shifted), atol=1e-2)
+    # increasing within a slice, and calibrated on a slice like the fitting ones
+    o = np.argsort(ts)
+    assert np.all(np.diff(cal(ts)[o]) >= -1e-12)
+    assert reliability(ty, cal(shifted))["ece"] < 0.06 < reliability(ty, platt(shifted))["ece"]
+    # rows of a 2-D array are slices of their own (dropout passes)
+    both = cal(np.stack([ts, shifted]))
+    assert both.shape == (2, len(ts)) and np.allclose(both[0], both[1], atol=1e-6)
+    with pytest.raises(ValueError, match="labels but"):
+        fit_relative([(ty[:5], ts)])
+
+
+def _stand_in(cfg, train, seed=0):
+    """A fast inner scorer for tests: logistic regression on the toy graphs' features."""
+    from sklearn.linear_model import LogisticRegression
+    X = np.concatenate([g.x.numpy()[~np.isnan(g.y.numpy())] for g in train])
+    y = np.concatenate([g.y.numpy()[~np.isnan(g.y.numpy())] for g in train]).astype(int)
+    clf = LogisticRegression().fit(X, y)
+    return lambda g: clf.predict_proba(g.x.numpy())[:, 1]
+
+
+def test_relative_calibration_uses_cross_fitted_training_slices_never_the_test_slice(monkeypatch):
+    import spagraph.decide.choose as choose
+    from spagraph.decide.choose import _CACHE, inner_scores
+    from spagraph.decide.evaluate import score_fold
+    from spagraph.experiment.data import Fold
+    rng = np.random.default_rng(8)
+    graphs, scores = {}, {}
+    names = {"t1": 0.3, "t2": 0.6, "t3": 0.5, "t4": 0.4, "va": 0.5, "te": 0.7}
+    for name, pi in names.items():
+        y = (rng.random(144) < pi).astype(float)
+        y[:4] = np.nan
+        graphs[name] = _graph(name, 144, y, rng)
+        scores[name] = sigmoid(np.where(np.nan_to_num(y) == 1, 1.0, -1.0) + rng.standard_normal(144)
+                               + (1.5 if name == "te" else 0.0))
+    monkeypatch.setattr(choose, "_inner_scorer", _stand_in)
+    fold = Fold("f", ["t1", "t2", "t3", "t4"], ["va"], ["te"])
+    cfg = _cfg("auto")
+    cfg.threshold.calibration = "relative"
+    _CACHE.clear()
+    inner = inner_scores(cfg, graphs, fold)
+    assert set(inner) == {"t1", "t2", "t3", "t4", "va"}             # never the test slice
+    rows1, p1 = score_fold(cfg, graphs, fold, 0, scores)
+    cal = rows1[0]["calibration"]
+    assert cal["kind"] == "relative" and cal["fitted_on"][0] == "va"
+    assert {f"{n} (cross-fitted)" for n in ("t1", "t2", "t3", "t4")} <= set(cal["fitted_on"])
+    assert "te" not in {n.split()[0] for n in cal["fitted_on"]}
+    # shuffling the test slice's labels changes no call
+    yt = graphs["te"].y.numpy().copy()
+    lab = ~np.isnan(yt)
+    yt[lab] = rng.permutation(yt[lab])
+    graphs["te"].y = torch.tensor(yt)
+    _CACHE.clear()
+    rows2, p2 = score_fold(cfg, graphs, fold, 0, scores)
+    assert np.array_equal(p1["pred"].to_numpy(), p2["pred"].to_numpy())
+    assert rows2[0]["calibration"] == cal and rows2[0]["rule"] == rows1[0]["rule"]
+    # but a training slice's labels do enter the calibration (through its cross-fitted scores)
+    graphs["t2"].y = torch.tensor(1 - np.nan_to_num(graphs["t2"].y.numpy()))
+    _CACHE.clear()
+    rows3, _ = score_fold(cfg, graphs, fold, 0, scores)
+    assert rows3[0]["calibration"] != cal

@@ -8,6 +8,17 @@ stored (``prior``) so a target slice's posteriors can be re-weighted to the targ
 estimated, prior (:mod:`spagraph.decide.prevalence`). Isotonic regression is offered as an
 alternative (``kind="isotonic"``, monotone non-decreasing; knots stored as plain lists).
 
+``kind="relative"`` (slice-relative Platt): the map acts on each slice's *relative* log-odds
+``v = (logit(s) - c) / sd``, ``c`` the crossing point of a two-component Gaussian mixture on the
+slice's own log-odds and ``sd`` their standard deviation (both label-free statistics of the slice
+being scored), ``P = sigmoid(a * v + b)``. ``v`` is unchanged by any increasing affine map of a
+slice's log-odds, so a per-slice shift or rescaling of the scores (a batch effect, per-slice
+normalisation of expression moving a slice's score level with its cancer fraction) does not move
+the calibrated probabilities; and because ``v`` is scale-free the map can be fitted on several
+slices scored by different models (``spagraph.decide.choose.inner_scores``: every inner training
+slice scored by a stand-in model not trained on it, plus the validation slices). Applied to one
+slice at a time (a 2-D array: each row is a slice, e.g. dropout passes).
+
 Only validation labels enter; a fit that would be decreasing (``a <= 0``), or a validation set
 with a single class, gives the identity map (``kind="identity"``) and says so.
 """
@@ -32,7 +43,7 @@ def sigmoid(z) -> np.ndarray:
 @dataclass
 class Calibration:
     """A monotone map from raw score to P(cancer); JSON-serialisable (:meth:`to_dict`)."""
-    kind: str = "identity"            # "platt" | "isotonic" | "identity"
+    kind: str = "identity"            # "platt" | "relative" | "isotonic" | "identity"
     a: float = 1.0
     b: float = 0.0
     prior: float = 0.5                # cancer fraction of the spots it was fitted on
@@ -46,11 +57,13 @@ class Calibration:
         s = np.asarray(scores, dtype=float)
         if self.kind == "platt":
             return sigmoid(self.a * logit(s) + self.b)
+        if self.kind == "relative":
+            return sigmoid(self.logits(s))
         if self.kind == "isotonic":
             return np.clip(np.interp(s, self.x_knots, self.y_knots), 0.0, 1.0)
         if self.kind == "identity":
             return np.clip(s, 0.0, 1.0)
-        raise ValueError(f"unknown calibration kind {self.kind!r}; expected platt, isotonic or identity")
+        raise ValueError(f"unknown calibration kind {self.kind!r}; expected platt, relative, isotonic or identity")
 
     def logits(self, scores) -> np.ndarray:
         """log-odds of the calibrated probability, computed without saturating (Platt: exactly
@@ -58,6 +71,10 @@ class Calibration:
         s = np.asarray(scores, dtype=float)
         if self.kind == "platt":
             return self.a * logit(s) + self.b
+        if self.kind == "relative":
+            if s.ndim == 2:
+                return np.stack([self.a * relative_logit(r) + self.b for r in s])
+            return self.a * relative_logit(s) + self.b
         return logit(np.clip(self(s), 1e-12, 1 - 1e-12))
 
     def to_dict(self) -> dict:
@@ -71,6 +88,53 @@ class Calibration:
         return cls(**d)
 
 
+def relative_logit(scores) -> np.ndarray:
+    """One slice's relative log-odds ``(logit(s) - c) / sd`` (module docstring): ``c`` where the
+    posteriors of a two-component Gaussian mixture on the slice's log-odds cross 0.5 (the median
+    when the scores do not split in two), ``sd`` the log-odds' standard deviation (1 if constant).
+    Label-free; invariant to an increasing affine map of the log-odds."""
+    from spagraph.decide.rules import mixture_cut
+    z = logit(np.asarray(scores, dtype=float), 1e-12)
+    if len(z) == 0:
+        return z
+    c, how = mixture_cut(z, 0.0) if len(z) >= 10 and np.ptp(z) > 1e-9 else (0.0, "fallback_val_threshold")
+    if how == "fallback_val_threshold":
+        c = float(np.median(z))
+    sd = float(z.std())
+    return (z - c) / (sd if sd > 1e-9 else 1.0)
+
+
+def fit_relative(groups, slices: list[str] | None = None) -> Calibration:
+    """Slice-relative Platt map fitted on several labelled slices: ``groups`` is a list of
+    ``(labels, raw scores)`` per slice (NaN labels ignored); each slice is made relative on its own
+    (all its spots, labelled or not) before one logistic regression is fitted on all of them."""
+    vs, ys = [], []
+    for y, s in groups:
+        y = np.asarray(y, dtype=float)
+        s = np.asarray(s, dtype=float)
+        if y.shape != s.shape:
+            raise ValueError(f"fit_relative: {len(y)} labels but {len(s)} scores in one slice")
+        if len(s) == 0:
+            continue
+        v = relative_logit(s)
+        m = ~np.isnan(y) & np.isfinite(v)
+        vs.append(v[m]); ys.append(y[m].astype(int))
+    v = np.concatenate(vs) if vs else np.zeros(0)
+    y = np.concatenate(ys) if ys else np.zeros(0, dtype=int)
+    names = list(slices or [])
+    prior = float(y.mean()) if len(y) else 0.5
+    if len(y) < 10 or len(np.unique(y)) < 2 or np.ptp(v) == 0:
+        return Calibration("identity", prior=prior, n=int(len(y)), fitted_on=names,
+                           note="identity: fewer than 10 labelled spots, one class or constant scores")
+    from sklearn.linear_model import LogisticRegression
+    clf = LogisticRegression(C=1e4, max_iter=1000).fit(v[:, None], y)
+    a, b = float(clf.coef_[0, 0]), float(clf.intercept_[0])
+    if not (np.isfinite(a) and np.isfinite(b)) or a <= 0:
+        return Calibration("identity", prior=prior, n=int(len(y)), fitted_on=names,
+                           note=f"identity: the relative Platt fit was not increasing (a = {a:.3g})")
+    return Calibration("relative", a=a, b=b, prior=prior, n=int(len(y)), fitted_on=names)
+
+
 def fit_calibration(y, scores, kind: str = "platt", slices: list[str] | None = None) -> Calibration:
     """Fit a calibration map on labelled validation spots.
 
@@ -78,16 +142,19 @@ def fit_calibration(y, scores, kind: str = "platt", slices: list[str] | None = N
     ----------
     y : (m,) 0/1/NaN labels of the *validation* slices (NaN spots are ignored).
     scores : (m,) raw scores in [0, 1] of the same spots.
-    kind : "platt" (default) or "isotonic".
+    kind : "platt" (default), "relative" (the spots are one slice; see :func:`fit_relative` for
+        several) or "isotonic".
     slices : names of the slices the spots come from (recorded).
     """
     y = np.asarray(y, dtype=float)
     s = np.asarray(scores, dtype=float)
     if y.shape != s.shape:
         raise ValueError(f"fit_calibration: {len(y)} labels but {len(s)} scores")
+    names = list(slices or [])
+    if kind == "relative":                    # the slice is made relative on all its spots
+        return fit_relative([(y, s)], names)
     m = ~np.isnan(y) & np.isfinite(s)
     y, s = y[m].astype(int), s[m]
-    names = list(slices or [])
     prior = float(y.mean()) if len(y) else 0.5
     if len(y) < 10 or len(np.unique(y)) < 2 or np.ptp(s) == 0:
         return Calibration("identity", prior=prior, n=int(len(y)), fitted_on=names,
@@ -98,7 +165,7 @@ def fit_calibration(y, scores, kind: str = "platt", slices: list[str] | None = N
         return Calibration("isotonic", prior=prior, n=int(len(y)), fitted_on=names,
                            x_knots=[float(v) for v in iso.X_thresholds_], y_knots=[float(v) for v in iso.y_thresholds_])
     if kind != "platt":
-        raise ValueError(f"calibration kind must be 'platt' or 'isotonic', got {kind!r}")
+        raise ValueError(f"calibration kind must be 'platt', 'relative' or 'isotonic', got {kind!r}")
     from sklearn.linear_model import LogisticRegression
     z = logit(s)[:, None]
     clf = LogisticRegression(C=1e4, max_iter=1000).fit(z, y)

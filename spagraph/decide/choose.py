@@ -36,6 +36,36 @@ def _inner_scorer(cfg, train, seed: int = 0):
     return pred
 
 
+def _inner_folds(cfg, graphs: dict, fold) -> list[tuple]:
+    """``[(t, v, scores of t, scores of v)]``: per pool slice ``t`` (the fold's training and
+    validation slices, never its test slice) the stand-in scorer trained on the pool without ``t``
+    and ``v`` (the next pool slice) scores both. Cached per (config hash, fold)."""
+    pool = list(fold.train) + list(fold.val)
+    key = ("folds", cfg.config_hash(), tuple(fold.train), tuple(fold.val))
+    if key in _CACHE:
+        return _CACHE[key]
+    out = []
+    if len(pool) >= 3:
+        for i, t in enumerate(pool):
+            v = pool[(i + 1) % len(pool)]
+            tr = [graphs[n] for n in pool if n not in (t, v)]
+            try:
+                scorer = _inner_scorer(cfg, tr)
+            except ValueError as e:          # e.g. inner training slices with one class
+                log.info("inner fold %s skipped: %s", t, e)
+                continue
+            out.append((t, v, np.asarray(scorer(graphs[t]), dtype=float), np.asarray(scorer(graphs[v]), dtype=float)))
+    _CACHE[key] = out
+    return out
+
+
+def inner_scores(cfg, graphs: dict, fold) -> dict:
+    """Cross-fitted scores of the fold's training and validation slices: ``{name: (labels, scores)}``,
+    each slice scored by a stand-in model trained without it (:func:`_inner_folds`); empty with
+    fewer than 3 such slices. For the slice-relative calibration (``threshold.calibration: relative``)."""
+    return {t: (graphs[t].y.numpy(), st) for t, _, st, _ in _inner_folds(cfg, graphs, fold)}
+
+
 def choose_rule(cfg, graphs: dict, fold, rules=RULES) -> dict:
     """``{"rule", "why", "inner": {rule: {"f1", "n_below_half", "per_slice": {...}}}, "prevalence_estimator"
     ("em" | "mixture": the lower inner-fold mean absolute error of the cancer fraction),
@@ -53,18 +83,13 @@ def choose_rule(cfg, graphs: dict, fold, rules=RULES) -> dict:
         return res
     per_rule = {r: {} for r in rules}
     prev_err = {"em": [], "mixture": []}
-    for i, t in enumerate(pool):
-        v = pool[(i + 1) % len(pool)]
-        tr = [graphs[n] for n in pool if n not in (t, v)]
-        try:
-            scorer = _inner_scorer(cfg, tr)
-        except ValueError as e:          # e.g. inner training slices with one class
-            log.info("inner fold %s skipped: %s", t, e)
-            continue
+    for t, v, st, sv in _inner_folds(cfg, graphs, fold):
         gv, gt = graphs[v], graphs[t]
-        state = fit_state(gv.y.numpy(), scorer(gv), cfg.threshold.fixed, cfg.threshold.calibration, [v])
+        # inner calibration: the inner validation slice only (other pool slices' cross-fitted scores
+        # come from scorers trained on t, whose labels must not inform its own calls)
+        state = fit_state(gv.y.numpy(), sv, cfg.threshold.fixed, cfg.threshold.calibration, [v])
         ei = gt.edge_index_0.numpy() if hasattr(gt, "edge_index_0") else None
-        sd = decide_rules(scorer(gt), state, rules, ei)
+        sd = decide_rules(st, state, rules, ei)
         y = gt.y.numpy()
         m = ~np.isnan(y)
         if len(np.unique(y[m])) < 2:

@@ -42,14 +42,24 @@ class DecisionState:
 
 
 def fit_state(val_labels, val_scores, fixed: float = 0.5, kind: str = "platt",
-              slices: list[str] | None = None) -> DecisionState:
-    """Calibration and validation cuts from the validation slices' labels and raw scores."""
+              slices: list[str] | None = None, extra: dict | None = None) -> DecisionState:
+    """Calibration and validation cuts from the validation slices' labels and raw scores.
+
+    ``kind="relative"``: the slice-relative map is fitted on the validation spots (one slice) and
+    on ``extra`` = ``{name: (labels, raw scores)}`` of further labelled slices, each scored by a
+    model not trained on it (cross-fitted inner scores, :func:`spagraph.decide.choose.inner_scores`).
+    The validation cuts stay on the validation spots alone."""
+    from spagraph.decide.calibration import fit_relative
     from spagraph.train.metrics import validation_thresholds
     y = np.asarray(val_labels, dtype=float)
     s = np.asarray(val_scores, dtype=float)
-    cal = fit_calibration(y, s, kind=kind, slices=slices) if kind != "identity" else \
-        Calibration("identity", prior=float(np.nanmean(y)) if (~np.isnan(y)).any() else 0.5, n=int((~np.isnan(y)).sum()),
-                    fitted_on=list(slices or []))
+    if kind == "relative":
+        groups = ([(y, s)] if len(s) else []) + [tuple(v) for v in (extra or {}).values()]
+        cal = fit_relative(groups, list(slices or []) + [f"{n} (cross-fitted)" for n in (extra or {})])
+    else:
+        cal = fit_calibration(y, s, kind=kind, slices=slices) if kind != "identity" else \
+            Calibration("identity", prior=float(np.nanmean(y)) if (~np.isnan(y)).any() else 0.5,
+                        n=int((~np.isnan(y)).sum()), fitted_on=list(slices or []))
     vp = cal(s)
     f1t, jt = validation_thresholds(y, vp) if len(y) else (0.5, 0.5)
     return DecisionState(cal, float(f1t), float(jt), float(fixed), vp)

@@ -31,6 +31,16 @@ def _calls_metrics(y, pred) -> dict:
     return out
 
 
+def calibration_extra(cfg, graphs: dict, fold) -> dict | None:
+    """Further calibration slices for ``threshold.calibration: relative``: the cross-fitted inner
+    scores of the fold's training slices (validation slices excluded: they enter with the fold's own
+    model's scores); None for the other kinds."""
+    if getattr(cfg.threshold, "calibration", "platt") != "relative":
+        return None
+    from spagraph.decide.choose import inner_scores
+    return {n: v for n, v in inner_scores(cfg, graphs, fold).items() if n not in fold.val}
+
+
 def fold_state(cfg, graphs: dict, fold, scores: dict):
     from spagraph.decide.core import fit_state
     if fold.val:
@@ -38,7 +48,8 @@ def fold_state(cfg, graphs: dict, fold, scores: dict):
         vs = np.concatenate([scores[n] for n in fold.val])
     else:
         vy, vs = np.zeros(0), np.zeros(0)
-    return fit_state(vy, vs, cfg.threshold.fixed, cfg.threshold.calibration, list(fold.val))
+    return fit_state(vy, vs, cfg.threshold.fixed, cfg.threshold.calibration, list(fold.val),
+                     extra=calibration_extra(cfg, graphs, fold))
 
 
 def fold_rule(cfg, graphs: dict, fold) -> tuple[str, dict]:

@@ -220,7 +220,9 @@ class ThresholdConfig(_Strict):
     method: Literal["auto", "prior_adjusted", "expected_f1", "spatial", "mixture_spatial", "prevalence_quantile", "quantile_beta", "quantile_empirical",
                     "mixture", "val_f1", "val_youden", "fixed"] = "auto"
     fixed: float = Field(0.5, ge=0, le=1)
-    calibration: Literal["platt", "isotonic", "identity"] = "platt"
+    # "relative": slice-relative Platt fitted on the validation slice and the training slices'
+    # cross-fitted inner scores (spagraph.decide.calibration)
+    calibration: Literal["platt", "relative", "isotonic", "identity"] = "platt"
     # the slice's estimated cancer fraction: EM prior adjustment, two-component mixture, or the one
     # with the lower inner-fold error ("auto")
     prevalence: Literal["auto", "em", "mixture"] = "auto"
@@ -257,6 +259,38 @@ class NestedConfig(_Strict):
     inner_seed: int = 0
 
 
+class PretrainConfig(_Strict):
+    """Self-supervised pretraining of the gene stream's MSFA encoder (``pretrain:``) on an
+    unannotated pool of sections (:mod:`spagraph.pretrain`), once per outer fold, before the
+    supervised fit starts from those weights. Off by default (today's behaviour).
+
+    pool : her2st-format root of the unannotated sections (``counts/<S>.tsv.gz`` + ``spots/``).
+    names : pool sections to use (default: every section in ``pool/counts``). Either way no
+        section of a test slice's patient is ever used (:func:`spagraph.pretrain.pool.allowed_sections`);
+        an explicit list naming one is refused.
+    patient_pattern : regular expression whose first group is a section's patient
+        (her2st: the letter, ``A1`` and ``A2`` are patient ``A``).
+    objective : ``masked`` (reconstruct masked spots' gene embeddings from their MSFA
+        neighbourhood), ``contrastive`` (InfoNCE between two augmented views of the slice graph)
+        or ``both``.
+    epochs, lr, weight_decay, mask_rate, seed : the pretraining run (one step per pool section
+        per epoch; ``seed`` is fixed, so every training seed of a fold shares one pretraining).
+    cache_dir : folder of pretrained weights keyed by content (pool sections, their features,
+        model and pretrain settings); None keeps them in memory for this process only.
+    """
+    enabled: bool = False
+    pool: str = "../shared/data/her2st_unlabelled"
+    names: Optional[list[str]] = None
+    patient_pattern: str = r"^([A-Za-z]+)"
+    objective: Literal["masked", "contrastive", "both"] = "masked"
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    mask_rate: float = Field(0.3, gt=0, lt=1)
+    seed: int = 0
+    cache_dir: Optional[str] = None
+
+
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     model_type: Literal["spagraph", "baseline"] = "spagraph"
@@ -272,6 +306,18 @@ class ExperimentConfig(_Strict):
     out: Optional[str] = None
     search: dict[str, SearchParam] = Field(default_factory=dict)
     nested: Optional[NestedConfig] = None
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+
+    @model_validator(mode="after")
+    def _pretrain_where(self):
+        if self.pretrain.enabled:
+            if self.model_type != "spagraph" or not self.embed.gene_encoder:
+                raise ValueError("pretrain.enabled pretrains spagraph's gene stream: it needs model_type "
+                                 "'spagraph' and a gene encoder")
+            if self.nested is not None:
+                raise ValueError("pretrain.enabled is not supported with nested: (inner folds would need "
+                                 "their own pretraining); run it with the plain protocol")
+        return self
 
     @model_validator(mode="after")
     def _smoothing_needs_edges(self):
@@ -289,6 +335,10 @@ class ExperimentConfig(_Strict):
         d.pop("out", None); d.pop("track", None); d.pop("search", None)
         if d.get("nested") is None:
             d.pop("nested", None)   # added later: configs without it keep their hash
+        if isinstance(d.get("pretrain"), dict):
+            d["pretrain"].pop("cache_dir", None)   # where weights are cached changes no result
+            if d["pretrain"] == {k: v for k, v in PretrainConfig().model_dump(mode="json").items() if k != "cache_dir"}:
+                d.pop("pretrain")                  # added later: off by default, old hashes unchanged
         for section, keys in RETIRED.items():      # hashes as before those keys were removed ...
             d[section] = {**d[section], **keys}
         for section, keys in ADDED_LATER.items():  # ... and before these were added (at their default)

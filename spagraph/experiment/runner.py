@@ -80,8 +80,10 @@ def embed_and_graph(cfg: ExperimentConfig, slices: dict, fold: Fold) -> tuple[di
 
 
 def fit_predict(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, on_epoch=None,
-                checkpoint: Path | None = None, stamp: dict | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    """Train on fold.train (early stopping on fold.val) and score val + test slices.
+                checkpoint: Path | None = None, stamp: dict | None = None,
+                pretrained: dict | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Train on fold.train (early stopping on fold.val) and score val + test slices (the gene
+    stream starting from ``pretrained`` weights when given: ``pretrain:``, prepared per fold).
 
     ``stamp`` (``config_hash``, ``config``, ``inputs``) is stored in every epoch checkpoint; a
     checkpoint whose stamp differs is refused (one line, never a state-dict size mismatch)."""
@@ -112,7 +114,7 @@ def fit_predict(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, on_e
         if on_epoch is not None:
             on_epoch(epoch, rec)
 
-    res = fit(tr, va, model_settings(cfg), ts, seed, on_epoch=hook, init_state=init)
+    res = fit(tr, va, model_settings(cfg), ts, seed, on_epoch=hook, init_state=init, pretrained=pretrained)
     scores = {n: predict_scores(res.model, graphs[n], ts) for n in fold.val + fold.test}
     return scores, {"best_epoch": res.best_epoch, "best_val_auc": res.best_val_auc, "history": res.history,
                     "kept_prior_by_se": res.kept_prior_by_se,
@@ -265,7 +267,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fa
             todo = [s for s in seeds if not (resume and (out / "folds" / f"{task_key(fold.name, s)}.json").exists())]
             prep = None
             if todo:
-                prep = ex.submit(prepare_fold, cfg, slices_h, fold, name=f"fold {fold.name}: embed + graph")
+                prep = ex.submit(prepare_fold, cfg, slices_h, fold, base_dir, name=f"fold {fold.name}: embed + graph")
             for seed in seeds:
                 key = task_key(fold.name, seed)
                 if seed not in todo:

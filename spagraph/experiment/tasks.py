@@ -23,14 +23,23 @@ def task_key(fold_name: str, seed: int) -> str:
     return f"{_safe(fold_name)}_s{seed}"
 
 
-def prepare_fold(cfg, slices: dict, fold) -> dict:
+def prepare_fold(cfg, slices: dict, fold, base_dir=None) -> dict:
     """Embeddings fitted on ``fold.train`` only and one graph per slice of the fold (computed once
-    per fold, shared by its seeds)."""
+    per fold, shared by its seeds); with ``pretrain.enabled`` also the fold's pretrained gene
+    stream (:func:`spagraph.pretrain.ssl.pretrain_fold`: the pool minus the test patients)."""
     from spagraph.experiment.runner import _jsonable, embed_and_graph
     graphs, report = embed_and_graph(cfg, slices, fold)
     report = dict(report or {})
     encoder = report.pop("gene_encoder", None)     # an object: saved with models, not written to JSON
-    return {"graphs": graphs, "report": _jsonable(report), "gene_encoder": encoder}
+    pretrained = None
+    if cfg.pretrain.enabled:
+        from spagraph.pretrain.ssl import pretrain_fold
+        pt = pretrain_fold(cfg, list(fold.test), encoder, base_dir)
+        pretrained = pt["state"]
+        h = pt["history"]
+        report["pretrain"] = {"sections": pt["sections"], "key": pt["key"], "cache": pt["cache"],
+                              "seconds": pt["seconds"], "loss_first": h[0]["loss"], "loss_last": h[-1]["loss"]}
+    return {"graphs": graphs, "report": _jsonable(report), "gene_encoder": encoder, "pretrained": pretrained}
 
 
 def fit_task(cfg, prep: dict, fold, seed: int, out: str, on_epoch=None, digests: dict | None = None,
@@ -54,7 +63,8 @@ def fit_task(cfg, prep: dict, fold, seed: int, out: str, on_epoch=None, digests:
         if on_epoch is not None:
             on_epoch(fold.name, seed, epoch, rec)
 
-    scores, info = fit_predict(cfg, graphs, fold, seed, on_epoch=hook, checkpoint=ckpt, stamp=stamp)
+    scores, info = fit_predict(cfg, graphs, fold, seed, on_epoch=hook, checkpoint=ckpt, stamp=stamp,
+                               pretrained=prep.get("pretrained"))
     rows, preds = score_fold(cfg, graphs, fold, seed, scores)
     for r in rows:
         r["best_epoch"] = info.get("best_epoch")

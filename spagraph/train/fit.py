@@ -386,18 +386,23 @@ def spagraph_steps(model: SpaGraphNet, train: list[Data], s: TrainSettings, pos_
 
 def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: TrainSettings, seed: int,
         on_epoch: Callable[[int, dict, Callable[[], dict]], None] | None = None, progress=None,
-        init_state: dict | None = None, warm_start: dict | None = None) -> FitResult:
+        init_state: dict | None = None, pretrained: dict | None = None,
+        warm_start: dict | None = None) -> FitResult:
     """Train a SpaGraphNet on ``train`` slices, early-stopping on ``val`` slices' AUC.
 
     Only ``train`` labels enter the loss (and the linear prior); only ``val`` labels choose the
     epoch. ``on_epoch(epoch, record, state_fn)`` runs after each epoch (tracking, pruning,
     checkpoints: ``state_fn()`` is the dict ``init_state`` resumes from; it may raise to stop).
+    ``pretrained``: gene-stream weights from :func:`spagraph.pretrain.ssl.pretrain_fold` to start from.
     Returns the model at its best validation epoch (the last epoch when no validation).
     ``warm_start``: initial weights for part of the model (see :func:`build_model`).
     """
     if not train:
         raise ValueError("no training slices")
     model = build_model(train, model_settings, s, seed, warm_start)
+    if pretrained is not None:   # self-supervised start of the gene stream (spagraph.pretrain)
+        from spagraph.pretrain.ssl import load_pretrained
+        load_pretrained(model, pretrained)
     pos_weight = positive_weight(train, s)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr, weight_decay=s.weight_decay)
     state = start_state(model, s, seed, has_val=bool(val))

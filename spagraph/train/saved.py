@@ -79,9 +79,10 @@ def _validation_threshold(model, graphs: dict, fold, ts) -> tuple[np.ndarray, fl
 def _decision_meta(cfg, graphs: dict, fold, vs: np.ndarray) -> dict:
     """Calibration state (validation slices only) and the fold's rule, as plain JSON."""
     from spagraph.decide.core import fit_state
-    from spagraph.decide.evaluate import fold_rule
+    from spagraph.decide.evaluate import calibration_extra, fold_rule
     vy = np.concatenate([graphs[n].y.numpy() for n in fold.val]) if fold.val else np.zeros(0)
-    state = fit_state(vy, vs, cfg.threshold.fixed, cfg.threshold.calibration, list(fold.val))
+    state = fit_state(vy, vs, cfg.threshold.fixed, cfg.threshold.calibration, list(fold.val),
+                      extra=calibration_extra(cfg, graphs, fold))
     rule, choice = fold_rule(cfg, graphs, fold)
     return {**state.to_dict(), "rule": rule, "rule_choice": choice}
 
