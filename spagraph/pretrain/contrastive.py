@@ -23,7 +23,6 @@ pretrains them.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -32,6 +31,8 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
+from spagraph.pretrain.pool import PatientLeak, patient_of
+
 # the unannotated her2st sections that have an H&E image
 PRETRAIN_SECTIONS = ("B4", "C2", "C3", "C4", "C5", "C6")
 MAX_SPOTS = 512             # spots sampled per slice and step for InfoNCE
@@ -39,16 +40,13 @@ GRAD_CLIP = 1.0
 PRETRAINED_PREFIXES = ("img.", "gene.", "fusion.enc_img.", "fusion.enc_gene.")
 
 
-class PatientRuleError(ValueError):
-    """A section of a predicted section's patient was asked for."""
+class PatientRuleError(PatientLeak):
+    """A section of a predicted section's patient was asked for (a :class:`spagraph.pretrain.pool.PatientLeak`)."""
 
 
 def patient(name: str) -> str:
-    """her2st patient of a section: its leading letters (``"C3" -> "C"``); an error otherwise."""
-    m = re.match(r"^([A-Za-z]+)\d", str(name))
-    if m is None:
-        raise ValueError(f"section {name!r}: cannot tell its patient (expected a her2st name like 'C3')")
-    return m.group(1).upper()
+    """her2st patient of a section (``"C3" -> "C"``; :func:`spagraph.pretrain.pool.patient_of`)."""
+    return patient_of(name).upper()
 
 
 def check_patient_rule(pretrain: Iterable[str], predicted: Iterable[str]) -> list[str]:
