@@ -246,12 +246,19 @@ def train_loop(model: torch.nn.Module, opt: torch.optim.Optimizer, state: LoopSt
 # ------------------------------------------------------------------ fit, step by step
 
 
-def build_model(train: list[Data], model_settings: ModelSettings, s: TrainSettings, seed: int) -> SpaGraphNet:
+def build_model(train: list[Data], model_settings: ModelSettings, s: TrainSettings, seed: int,
+                warm_start: dict | None = None) -> SpaGraphNet:
     """A seeded SpaGraphNet sized for the training slices, its linear prior fitted (training
-    labels only) and frozen when ``linear_path`` and ``linear_fit == "prior"``."""
+    labels only) and frozen when ``linear_path`` and ``linear_fit == "prior"``. ``warm_start``:
+    a partial state dict (e.g. pretrained streams, :mod:`spagraph.pretrain.contrastive`) loaded
+    over the fresh weights before the prior is fitted; its keys must exist in the model."""
     seed_everything(seed)
     g0 = train[0]
     model = SpaGraphNet(g0.x_img.shape[1], g0.x_gene.shape[1], g0.num_scales, g0.n_dir_bins, model_settings)
+    if warm_start:
+        unknown = model.load_state_dict(warm_start, strict=False).unexpected_keys
+        if unknown:
+            raise ValueError(f"warm_start holds {len(unknown)} weight(s) the model lacks, e.g. {unknown[:3]}")
     if has_prior(model_settings):
         fit_linear_prior(model, train, seed)
     return model.to(resolve_device(s.device))
@@ -412,7 +419,7 @@ def spagraph_steps(model: SpaGraphNet, train: list[Data], s: TrainSettings, pos_
 def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: TrainSettings, seed: int,
         on_epoch: Callable[[int, dict, Callable[[], dict]], None] | None = None, progress=None,
         init_state: dict | None = None, pretrained: dict | None = None,
-        target: list[Data] | None = None) -> FitResult:
+        warm_start: dict | None = None, target: list[Data] | None = None) -> FitResult:
     """Train a SpaGraphNet on ``train`` slices, early-stopping on ``val`` slices' AUC.
 
     ``target``: label-free slices (:func:`spagraph.train.adapt.strip_labels`) the CORAL term
@@ -423,10 +430,11 @@ def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: Tr
     checkpoints: ``state_fn()`` is the dict ``init_state`` resumes from; it may raise to stop).
     ``pretrained``: gene-stream weights from :func:`spagraph.pretrain.ssl.pretrain_fold` to start from.
     Returns the model at its best validation epoch (the last epoch when no validation).
+    ``warm_start``: initial weights for part of the model (see :func:`build_model`).
     """
     if not train:
         raise ValueError("no training slices")
-    model = build_model(train, model_settings, s, seed)
+    model = build_model(train, model_settings, s, seed, warm_start)
     if pretrained is not None:   # self-supervised start of the gene stream (spagraph.pretrain)
         from spagraph.pretrain.ssl import load_pretrained
         load_pretrained(model, pretrained)
