@@ -86,3 +86,21 @@ def test_tile_training_step_reaches_the_halo_through_messages_only():
     r = len(interior)
     out["logit"].sum().backward()
     assert x.grad[:r].abs().sum() > 0 and x.grad[r:].abs().sum() > 0   # halo spots feed interior messages
+
+
+@torch.no_grad()
+def test_merged_tile_batches_are_computed_in_full():
+    """Mini-batches of merged tiles (train.tiles_per_step) interleave interiors and halos: the
+    model must not take a prefix as the interior there; they run as before (every row scored)."""
+    from spagraph.train.minibatch import merge_tiles
+    g = graph(n=20)
+    model = SpaGraphNet(0, 6, g.num_scales, g.n_dir_bins, ModelSettings(hidden=16, heads=2)).eval()
+    for p in model.parameters():
+        p.add_(torch.randn_like(p) * 0.2)
+    tiles = [sub for sub, _ in iter_tiles(g, 5.0)][:2]
+    merged = merge_tiles(tiles)
+    assert not merged.interior[: int(merged.interior.sum())].all()     # interiors not a prefix
+    got = model(merged)["logit"]
+    assert (got != 0).all()
+    alone = torch.cat([model(t)["logit"][: int(t.interior.sum())] for t in tiles])
+    assert torch.allclose(got[merged.interior], alone, atol=1e-5)

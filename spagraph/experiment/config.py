@@ -29,7 +29,9 @@ class _Strict(BaseModel):
 RETIRED = {"train": {"val_smoothing": 1, "focal_gamma": 0.0}, "model": {"feature_smoothing_steps": 1}}
 # Keys added later: left out of the config hash while at their default, so runs and saved models
 # from before they existed keep their hash (resume, suite reuse and load_model checks).
-ADDED_LATER = {"train": {"orient_augment": False, "prior_rule_se": "hanley_mcneil"}}
+ADDED_LATER = {"train": {"orient_augment": False, "prior_rule_se": "hanley_mcneil", "tiles_per_step": 0,
+                         "coral_weight": 0.0},
+               "model": {"hidden_norm": "layer"}}
 
 
 def _drop_retired(section: str, data):
@@ -160,6 +162,10 @@ class ModelConfig(_Strict):
     linear_fit: Literal["prior", "joint"] = "prior"
     linear_C: float = Field(0.01, gt=0)
     feature_smoothing: float = Field(0.0, ge=0, lt=1)   # alpha of score smoothing over edge_index_feat
+    # normalisation after each stream's input projection: "layer" (per spot) or "slice" (each hidden unit
+    # standardised over the spots of the slice being processed, training and test slices alike: AdaBN-style,
+    # label-free; spagraph/train/adapt.py)
+    hidden_norm: Literal["layer", "slice"] = "layer"
 
     @model_validator(mode="before")
     @classmethod
@@ -188,6 +194,12 @@ class TrainConfig(_Strict):
     one_se_rule: bool = True
     prior_rule_se: Literal["hanley_mcneil", "delong"] = "hanley_mcneil"   # the standard error the one-SE rule uses
     orient_augment: bool = False   # random cyclic shift + reflection of the direction bins per slice and step
+    # > 0: training steps are mini-batches of this many spatial tiles (tile_size pitches, with halo) drawn
+    # from all training slices together, every training spot once per epoch (spagraph/train/minibatch.py)
+    tiles_per_step: int = Field(0, ge=0)
+    # > 0: deep-CORAL term aligning the fused hidden features of the test slice (labels stripped) with the
+    # training spots' (spagraph/train/adapt.py)
+    coral_weight: float = Field(0.0, ge=0)
     seeds: list[int] = Field(default_factory=lambda: [0])
 
     @field_validator("seeds")

@@ -114,7 +114,12 @@ def fit_predict(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, on_e
         if on_epoch is not None:
             on_epoch(epoch, rec)
 
-    res = fit(tr, va, model_settings(cfg), ts, seed, on_epoch=hook, init_state=init, pretrained=pretrained)
+    target = None
+    if ts.coral_weight > 0:   # label-free adaptation to the test slice(s): features only, labels stripped
+        from spagraph.train.adapt import strip_labels
+        target = [strip_labels(graphs[n]) for n in fold.test]
+    res = fit(tr, va, model_settings(cfg), ts, seed, on_epoch=hook, init_state=init, pretrained=pretrained,
+              target=target)
     scores = {n: predict_scores(res.model, graphs[n], ts) for n in fold.val + fold.test}
     return scores, {"best_epoch": res.best_epoch, "best_val_auc": res.best_val_auc, "history": res.history,
                     "kept_prior_by_se": res.kept_prior_by_se,

@@ -21,7 +21,11 @@ class _Stream(nn.Module):
 
     def __init__(self, d_in: int, s: ModelSettings, n_scales: int, n_bins: int):
         super().__init__()
-        self.proj = nn.Sequential(nn.Dropout(s.input_dropout), nn.Linear(d_in, s.hidden), nn.LayerNorm(s.hidden),
+        # hidden_norm "slice": statistics of the slice being processed, in training and scoring alike
+        # (AdaBN-style label-free adaptation, spagraph/train/adapt.py)
+        norm = (nn.BatchNorm1d(s.hidden, track_running_stats=False) if s.hidden_norm == "slice"
+                else nn.LayerNorm(s.hidden))
+        self.proj = nn.Sequential(nn.Dropout(s.input_dropout), nn.Linear(d_in, s.hidden), norm,
                                   nn.GELU(), nn.Dropout(s.dropout))
         self.convs = nn.ModuleList([MSFAConv(s.hidden, s.hidden, n_bins, s.n_modes) for _ in range(n_scales)]
                                    if s.msfa else [])
@@ -75,8 +79,9 @@ class SpaGraphNet(nn.Module):
     n_scales, n_bins : as in the graph (``data.num_scales``, ``data.n_dir_bins``).
 
     ``forward(data)`` returns a dict with ``logit`` (N,), ``z_img`` / ``z_gene`` (N, H) pooled
-    per-modality vectors before cross-attention (for the contrastive term), and ``m_img`` /
-    ``m_gene`` (N,) the modality masks actually used.
+    per-modality vectors before cross-attention (for the contrastive term), ``h`` (N, 2H) the
+    fused vector the head reads (for feature alignment), and ``m_img`` / ``m_gene`` (N,) the
+    modality masks actually used.
 
     ``smooth_logits(logit, data)`` is the scoring step after ``forward`` on a whole slice: with
     ``settings.feature_smoothing`` > 0 the logits are smoothed over the slice's
@@ -130,10 +135,11 @@ class SpaGraphNet(nn.Module):
             m_gene = torch.where(drop & ~which, torch.zeros_like(m_gene), m_gene)
         H = self.settings.hidden
         t = 1 + (len(self.img.convs) if self.img is not None else len(self.gene.convs))
-        # A tile piece (spagraph.train.tiles.iter_tiles) lists its interior spots first: only
-        # those rows are scored (the halo only feeds their MSFA messages), so fusion and head run
-        # on them alone and the halo rows of every output are 0.
-        r = int(data.interior.sum()) if "interior" in data else n
+        # A tile piece of spagraph.train.tiles.iter_tiles (``interior_first``) lists its interior
+        # spots first: only those rows are scored (the halo only feeds their MSFA messages), so
+        # fusion and head run on them alone and the halo rows of every output are 0. Other graphs
+        # (whole slices, merged mini-batches of tiles) are computed in full, as before.
+        r = int(data.interior.sum()) if getattr(data, "interior_first", False) else n
         img_tok = self.img(data.x_img, data)[:r] * m_img[:r, None, None] if self.img is not None else None
         gene_tok = self.gene(data.x_gene, data)[:r] * m_gene[:r, None, None] if self.gene is not None else None
         if (r < n or not self.training) and (img_tok is None or gene_tok is None):
@@ -148,8 +154,9 @@ class SpaGraphNet(nn.Module):
         if self.wide_gene is not None:
             logit = logit + m_gene[:r] * self.wide_gene(data.x_gene, data)[:r]
         if r < n:
-            logit, z_img, z_gene = (torch.cat([v, v.new_zeros((n - r,) + v.shape[1:])]) for v in (logit, z_img, z_gene))
-        return {"logit": logit, "z_img": z_img, "z_gene": z_gene, "m_img": m_img, "m_gene": m_gene}
+            logit, z_img, z_gene, fused = (torch.cat([v, v.new_zeros((n - r,) + v.shape[1:])])
+                                           for v in (logit, z_img, z_gene, fused))
+        return {"logit": logit, "z_img": z_img, "z_gene": z_gene, "h": fused, "m_img": m_img, "m_gene": m_gene}
 
     def _fuse_one_modality(self, img_tok: Tensor | None, gene_tok: Tensor | None, m_img: Tensor, m_gene: Tensor,
                            t: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -246,12 +246,19 @@ def train_loop(model: torch.nn.Module, opt: torch.optim.Optimizer, state: LoopSt
 # ------------------------------------------------------------------ fit, step by step
 
 
-def build_model(train: list[Data], model_settings: ModelSettings, s: TrainSettings, seed: int) -> SpaGraphNet:
+def build_model(train: list[Data], model_settings: ModelSettings, s: TrainSettings, seed: int,
+                warm_start: dict | None = None) -> SpaGraphNet:
     """A seeded SpaGraphNet sized for the training slices, its linear prior fitted (training
-    labels only) and frozen when ``linear_path`` and ``linear_fit == "prior"``."""
+    labels only) and frozen when ``linear_path`` and ``linear_fit == "prior"``. ``warm_start``:
+    a partial state dict (e.g. pretrained streams, :mod:`spagraph.pretrain.contrastive`) loaded
+    over the fresh weights before the prior is fitted; its keys must exist in the model."""
     seed_everything(seed)
     g0 = train[0]
     model = SpaGraphNet(g0.x_img.shape[1], g0.x_gene.shape[1], g0.num_scales, g0.n_dir_bins, model_settings)
+    if warm_start:
+        unknown = model.load_state_dict(warm_start, strict=False).unexpected_keys
+        if unknown:
+            raise ValueError(f"warm_start holds {len(unknown)} weight(s) the model lacks, e.g. {unknown[:3]}")
     if has_prior(model_settings):
         fit_linear_prior(model, train, seed)
     return model.to(resolve_device(s.device))
@@ -363,34 +370,71 @@ def prefer_prior(state: LoopState, val: list[Data], model: SpaGraphNet | None = 
     return True
 
 
-def spagraph_steps(model: SpaGraphNet, train: list[Data], s: TrainSettings, pos_weight: float, gen: torch.Generator):
+def spagraph_steps(model: SpaGraphNet, train: list[Data], s: TrainSettings, pos_weight: float, gen: torch.Generator,
+                   target: list[Data] | None = None):
     """``steps(rng)`` for :func:`train_loop`: every piece of every training slice (slices in
-    random order; whole graphs or tiles; orientation-augmented with ``s.orient_augment``)."""
+    random order; whole graphs or tiles; orientation-augmented with ``s.orient_augment``), or with
+    ``s.tiles_per_step`` > 0 mini-batches of tiles mixed over all training slices
+    (:mod:`spagraph.train.minibatch`). With ``s.coral_weight`` > 0 and label-free ``target``
+    slices, each step adds the CORAL term between its training spots' fused features and a
+    target slice's (:mod:`spagraph.train.adapt`)."""
     dev = next(model.parameters()).device
+    tiles = None
+    if s.tiles_per_step > 0:
+        from spagraph.train.minibatch import slice_tiles
+        if model.settings.hidden_norm == "slice":
+            raise ValueError("train.tiles_per_step > 0 mixes tiles of several slices in one step, so model.hidden_norm: "
+                             "slice would normalise over a mixture of slices: use one of the two")
+        tiles = slice_tiles(train, s.tile_size)      # cut once; shuffled and grouped every epoch
+    align = s.coral_weight > 0 and bool(target)
+    if align and any(bool(t.label_mask.any()) for t in target):
+        raise ValueError("CORAL targets must carry no labels: pass them through spagraph.train.adapt.strip_labels")
+
+    def pieces(rng: np.random.Generator):
+        if tiles is not None:
+            from spagraph.train.minibatch import merge_tiles, tile_batches
+            for group in tile_batches(tiles, s.tiles_per_step, rng):
+                merged = merge_tiles([random_turn(t, rng) if s.orient_augment else t for t in group])
+                yield merged, merged.interior
+        else:
+            for gi in rng.permutation(len(train)):
+                yield from _batches(train[gi], s, rng)
 
     def steps(rng: np.random.Generator):
-        for gi in rng.permutation(len(train)):
-            for piece, mask in _batches(train[gi], s, rng):
-                piece = _to(piece, dev)
-                out = model(piece, model.settings.modality_dropout)
-                yield _loss(model, out, piece.y, mask.to(dev), pos_weight, s, gen)
+        for piece, mask in pieces(rng):
+            piece = _to(piece, dev)
+            mask = mask.to(dev)
+            out = model(piece, model.settings.modality_dropout)
+            total, parts = _loss(model, out, piece.y, mask, pos_weight, s, gen)
+            if align:
+                from spagraph.train.adapt import coral_loss, pick_target
+                tgt = _to(pick_target(target, rng), dev)
+                c = coral_loss(out["h"][mask], model(tgt)["h"])
+                total = total + s.coral_weight * c
+                parts["coral"], parts["loss"] = float(c.detach()), float(total.detach())
+            yield total, parts
     return steps
 
 
 def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: TrainSettings, seed: int,
         on_epoch: Callable[[int, dict, Callable[[], dict]], None] | None = None, progress=None,
-        init_state: dict | None = None, pretrained: dict | None = None) -> FitResult:
+        init_state: dict | None = None, pretrained: dict | None = None,
+        warm_start: dict | None = None, target: list[Data] | None = None) -> FitResult:
     """Train a SpaGraphNet on ``train`` slices, early-stopping on ``val`` slices' AUC.
+
+    ``target``: label-free slices (:func:`spagraph.train.adapt.strip_labels`) the CORAL term
+    aligns to when ``s.coral_weight`` > 0 (the test slice; its labels never enter).
 
     Only ``train`` labels enter the loss (and the linear prior); only ``val`` labels choose the
     epoch. ``on_epoch(epoch, record, state_fn)`` runs after each epoch (tracking, pruning,
     checkpoints: ``state_fn()`` is the dict ``init_state`` resumes from; it may raise to stop).
     ``pretrained``: gene-stream weights from :func:`spagraph.pretrain.ssl.pretrain_fold` to start from.
     Returns the model at its best validation epoch (the last epoch when no validation).
+    ``warm_start``: initial weights for part of the model (see :func:`build_model`).
     """
     if not train:
         raise ValueError("no training slices")
-    model = build_model(train, model_settings, s, seed)
+    model = build_model(train, model_settings, s, seed, warm_start)
     if pretrained is not None:   # self-supervised start of the gene stream (spagraph.pretrain)
         from spagraph.pretrain.ssl import load_pretrained
         load_pretrained(model, pretrained)
@@ -408,7 +452,7 @@ def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: Tr
         if on_epoch is not None:
             on_epoch(epoch, rec, lambda: checkpoint_state(state, model, opt, epoch))
 
-    train_loop(model, opt, state, s.epochs, spagraph_steps(model, train, s, pos_weight, state.gen),
+    train_loop(model, opt, state, s.epochs, spagraph_steps(model, train, s, pos_weight, state.gen, target),
                (lambda m: validation_auc(m, val, s)) if val else (lambda m: None), after_epoch)
     kept = s.one_se_rule and prefer_prior(state, val, model, s)
     state.stop.restore_best(model)

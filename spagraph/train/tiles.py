@@ -39,7 +39,9 @@ def iter_tiles(data: Data, tile_size: float = 40.0, shuffle: bool = False,
     """Yield ``(subgraph, interior_global_index)`` for each non-empty spatial tile.
 
     ``tile_size`` is in spot pitches (``data.pos`` units). The subgraph holds the interior
-    spots first, then the halo; ``subgraph.interior`` (n_sub,) bool marks the interior.
+    spots first, then the halo; ``subgraph.interior`` (n_sub,) bool marks the interior and
+    ``subgraph.interior_first`` says so (:class:`~spagraph.nn.model.SpaGraphNet` then runs its
+    fusion and head on the interior rows only).
     """
     n = data.num_nodes
     pos = data.pos.numpy()
@@ -71,5 +73,6 @@ def iter_tiles(data: Data, tile_size: float = 40.0, shuffle: bool = False,
         sub.num_scales, sub.n_dir_bins = data.num_scales, data.n_dir_bins
         sub.interior = torch.zeros(len(nodes), dtype=torch.bool)
         sub.interior[: len(interior)] = True
+        sub.interior_first = True      # SpaGraphNet scores these rows only (the halo feeds messages)
         local[nodes] = -1
         yield sub, torch.from_numpy(interior)
