@@ -125,12 +125,9 @@ def nested_params(cfg, slices, groups, test: str, params_dir: Path | None) -> di
 
 
 def paired(a, b) -> dict:
-    from scipy.stats import wilcoxon
-    d = np.asarray(a) - np.asarray(b)
-    out = {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan"),
-           "better": int((d > 1e-4).sum()), "worse": int((d < -1e-4).sum())}
-    out["wilcoxon_p"] = float(wilcoxon(d).pvalue) if np.any(np.abs(d) > 0) and len(d) > 1 else 1.0
-    return out
+    """a - b per section (:func:`spagraph.bench.table.paired_difference`, ties within 1e-4)."""
+    from spagraph.bench.table import paired_difference
+    return paired_difference(np.asarray(a, dtype=float) - np.asarray(b, dtype=float), tie=1e-4)
 
 
 def summarise(records: list[dict], sections: list[str]) -> dict:

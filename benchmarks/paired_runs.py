@@ -33,12 +33,13 @@ def per_section(run: Path) -> dict[str, dict]:
 def compare(base: Path, new: Path) -> dict:
     a, b = per_section(base), per_section(new)
     names = [s for s in a if s in b]
+    from spagraph.bench.table import paired_difference
     d = np.array([b[s]["auc"] - a[s]["auc"] for s in names])
-    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    p = paired_difference(d)
     return {"sections": names, "base": a, "new": b, "diff": dict(zip(names, d.tolist())),
             "mean_base": float(np.mean([a[s]["auc"] for s in names])),
             "mean_new": float(np.mean([b[s]["auc"] for s in names])),
-            "mean_diff": float(d.mean()), "se_diff": se,
+            "mean_diff": p["mean"], "se_diff": p["se"], "wilcoxon_p": p["wilcoxon_p"],
             "better": [s for s, x in zip(names, d) if x > 5e-4], "worse": [s for s, x in zip(names, d) if x < -5e-4],
             "deep_base": sum(a[s]["deep"] for s in names), "deep_new": sum(b[s]["deep"] for s in names),
             "runs": sum(a[s]["runs"] for s in names)}

@@ -65,6 +65,26 @@ def per_slice_auc(results: list[tuple[str, str, dict]]) -> pd.DataFrame:
     return mat.reindex(index=order, columns=slices)
 
 
+def paired_difference(d, tie: float = 5e-4) -> dict:
+    """Summary of paired differences ``d`` (one per test slice, or block): mean, se (sample std /
+    sqrt(n)), better / worse / tied (|d| <= ``tie``), wilcoxon_p (two-sided exact signed-rank
+    test; 1.0 when every difference is 0; NaN below 2 pairs). The one place every paired
+    comparison (suite tables, benchmarks/deep_ideas.py, benchmarks/paired_runs.py) is computed."""
+    from scipy.stats import wilcoxon
+    d = np.asarray(d, dtype=float)
+    n = len(d)
+    out = {"n": n, "mean": float(d.mean()) if n else float("nan"),
+           "se": float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
+           "better": int((d > tie).sum()), "worse": int((d < -tie).sum()), "tied": int((np.abs(d) <= tie).sum())}
+    if n < 2:
+        out["wilcoxon_p"] = float("nan")
+    elif not np.any(d != 0):
+        out["wilcoxon_p"] = 1.0
+    else:
+        out["wilcoxon_p"] = float(wilcoxon(d, alternative="two-sided").pvalue)
+    return out
+
+
 def paired_table(mat: pd.DataFrame, reference: str) -> pd.DataFrame:
     """Each method against ``reference`` on the test slices both have (AUC averaged over seeds).
 
@@ -74,7 +94,6 @@ def paired_table(mat: pd.DataFrame, reference: str) -> pd.DataFrame:
     NaN below 2 slices). Slices, not (slice, seed) pairs, are the units: seeds of one slice share
     its patient and are not independent evidence.
     """
-    from scipy.stats import wilcoxon
     if reference not in mat.index:
         raise ValueError(f"compare_to {reference!r} is not a method of this suite; methods: {list(mat.index)}")
     ref = mat.loc[reference]
@@ -82,19 +101,9 @@ def paired_table(mat: pd.DataFrame, reference: str) -> pd.DataFrame:
     for name in mat.index:
         if name == reference:
             continue
-        d = (mat.loc[name] - ref).dropna().to_numpy(dtype=float)
-        n = len(d)
-        row = {"method": name, "n_slices": n, "delta_auc": float(d.mean()) if n else float("nan"),
-               "delta_se": float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
-               "better": int((d > 5e-4).sum()), "worse": int((d < -5e-4).sum()),
-               "tied": int((np.abs(d) <= 5e-4).sum())}
-        if n < 2:
-            row["wilcoxon_p"] = float("nan")
-        elif not np.any(d != 0):
-            row["wilcoxon_p"] = 1.0
-        else:
-            row["wilcoxon_p"] = float(wilcoxon(d, alternative="two-sided").pvalue)
-        rows.append(row)
+        p = paired_difference((mat.loc[name] - ref).dropna().to_numpy(dtype=float))
+        rows.append({"method": name, "n_slices": p["n"], "delta_auc": p["mean"], "delta_se": p["se"],
+                     "better": p["better"], "worse": p["worse"], "tied": p["tied"], "wilcoxon_p": p["wilcoxon_p"]})
     return pd.DataFrame(rows, columns=["method", "n_slices", "delta_auc", "delta_se", "better", "worse", "tied",
                                        "wilcoxon_p"])
 
