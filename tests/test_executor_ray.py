@@ -124,3 +124,15 @@ def test_two_tune_workers_share_one_study(ray_ex, tmp_path):
     assert len(workers) == 2, workers             # both workers wrote trials into the one study
     assert s["n_complete"] + s["n_pruned"] == len(done)
     assert (tmp_path / "out" / "best.yaml").exists()
+
+
+def test_a_worker_running_other_code_is_named_not_run(ray_ex):
+    """A task whose driver fingerprint differs from the worker's fails with the cause, not an unpickling error."""
+    from spagraph.experiment.executor import TaskFailed, import_modules
+    assert ray_ex.gather([ray_ex.submit(import_modules, ["json"], name="same code")]) == [["json"]]
+    real, ray_ex.code = ray_ex.code, "f" * 64
+    try:
+        with pytest.raises(TaskFailed, match="same spagraph code"):
+            ray_ex.gather([ray_ex.submit(import_modules, ["json"], name="other code")])
+    finally:
+        ray_ex.code = real

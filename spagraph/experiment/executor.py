@@ -24,10 +24,12 @@ needs both the fixed order and per-result callbacks (atomic per-task files, prog
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 log = logging.getLogger("spagraph")
@@ -126,8 +128,9 @@ class RayExecutor:
         self.gpus = int(res.get("GPU", 0))
         self._remote: dict = {}
         mods = WARM_MODULES if warm is None else tuple(warm)
+        self.code = code_fingerprint()
         self._warm = [self._fn(import_modules).options(num_cpus=1, name="warm-up").remote(
-            import_modules, self.threads, mods) for _ in range(min(self.workers, 64))] if mods else []
+            import_modules, self.threads, self.code, mods) for _ in range(min(self.workers, 64))] if mods else []
 
     def wait_warm(self) -> float:
         """Block until every worker has imported the warm-up modules; returns the seconds waited."""
@@ -148,7 +151,7 @@ class RayExecutor:
         kwargs = {k: (v.ref if isinstance(v, Handle) else v) for k, v in kwargs.items()}
         gpus = num_gpus if self.gpus else 0
         ref = self._fn(fn).options(num_cpus=num_cpus, num_gpus=gpus, name=name[:100]).remote(
-            fn, self.threads, *args, **kwargs)
+            fn, self.threads, self.code, *args, **kwargs)
         return Handle(name, ref=ref)
 
     def put(self, obj, name: str = "object") -> Handle:
@@ -201,8 +204,38 @@ def import_modules(modules: Iterable[str]) -> list[str]:
     return list(modules)
 
 
-def _run_in_worker(fn: Callable, threads: int, *args, **kwargs):
-    """Body of every Ray task: pin torch threads (results must not depend on the worker), run."""
+class CodeMismatch(RuntimeError):
+    """A Ray worker runs other spagraph source code than the driver."""
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """sha256 of spagraph's own source files (relative path + bytes, sorted), computed once per
+    process. Driver and workers compare it: a worker that imported other code (a cluster node with
+    another install, or files edited while a run was under way) would otherwise fail with an
+    unpickling error far from the cause, or silently compute with other logic."""
+    import hashlib
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _run_in_worker(fn: Callable, threads: int, code: str, *args, **kwargs):
+    """Body of every Ray task: refuse a worker whose spagraph source differs from the driver's
+    (``code``: :func:`code_fingerprint`), pin torch threads (results must not depend on the
+    worker), run."""
+    mine = code_fingerprint()
+    if code != mine:
+        import socket
+        raise CodeMismatch(
+            f"Ray worker {socket.gethostname()} pid {os.getpid()} runs spagraph from "
+            f"{Path(__file__).resolve().parents[1]} with source {mine[:12]}, the driver's is {code[:12]}: driver "
+            "and workers must run the same spagraph code (install the same version on every node, restart the "
+            "workers with `ray stop` / `ray start` after an update, and do not edit the source while a run is "
+            "under way); resume with --resume once they match")
     try:
         import torch
         torch.set_num_threads(threads)
