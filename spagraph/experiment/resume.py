@@ -131,7 +131,7 @@ def check_resume(cfg, out: Path, folds, seeds, digests: dict, recompute_changed:
                 records.append((jpath, rec.get("config_hash"), rec.get("config"), rec.get("inputs")))
             if ckpt.exists():
                 try:
-                    st = torch.load(ckpt, map_location="cpu", weights_only=False)
+                    st = torch.load(ckpt, map_location="cpu", weights_only=True)
                     records.append((ckpt, st.get("config_hash"), st.get("config"), st.get("inputs")))
                 except Exception as e:  # noqa: BLE001 - a torn checkpoint is recomputed, not fatal
                     log.warning("checkpoint %s unreadable (%s): that fit restarts from epoch 0", ckpt, e)

@@ -97,7 +97,7 @@ def fit_predict(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, on_e
         return {n: predictor(graphs[n]) for n in fold.val + fold.test}, info
     init = None
     if checkpoint is not None and checkpoint.exists():
-        init = torch.load(checkpoint, weights_only=False)
+        init = torch.load(checkpoint, weights_only=True)   # tensors, numbers, strings: no code runs on load
         if stamp is not None:
             from spagraph.experiment.resume import ResumeMismatch, config_diff
             if init.get("config_hash", stamp["config_hash"]) != stamp["config_hash"] or \

@@ -130,3 +130,34 @@ def test_cli_resume_with_changed_config_exits_2_naming_keys(tmp_path, one_thread
     r = CliRunner().invoke(app, ["run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"),
                                  "--recompute-changed", "--no-progress"])
     assert r.exit_code == 2 and "--recompute-changed needs --resume" in r.output
+
+
+class _RunsCodeOnLoad:
+    """Unpickling this calls os.makedirs(path): what a tampered checkpoint could do."""
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import os
+        return (os.makedirs, (self.path,))
+
+
+@pytest.mark.bad_input
+def test_resume_never_runs_code_from_a_tampered_checkpoint(tmp_path, one_thread):
+    """Epoch checkpoints load with weights_only=True: an object that would run code on load is
+    refused (the fit restarts from epoch 0, the run finishes) and its code never runs."""
+    import torch
+    from spagraph.experiment.runner import run_experiment
+
+    def crash(fold, seed, epoch, rec):
+        if epoch == 1:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        run_experiment(_cfg(tmp_path), tmp_path / "run", progress=False, write_maps=False, on_epoch=crash)
+    ckpt = tmp_path / "run" / "checkpoints" / "fixed_s0.pt"
+    marker = tmp_path / "code_ran"
+    torch.save({"epoch": 0, "payload": _RunsCodeOnLoad(marker)}, ckpt)
+    run_experiment(_cfg(tmp_path), tmp_path / "run", resume=True, progress=False, write_maps=False)
+    assert not marker.exists()
+    assert (tmp_path / "run" / "metrics.json").exists()
