@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
-from spagraph.pretrain.pool import PatientLeak, patient_of
+from spagraph.pretrain.pool import PatientLeak, patient_of, same_patient
 
 # the unannotated her2st sections that have an H&E image
 PRETRAIN_SECTIONS = ("B4", "C2", "C3", "C4", "C5", "C6")
@@ -57,8 +57,9 @@ def check_patient_rule(pretrain: Iterable[str], predicted: Iterable[str]) -> lis
     if not predicted:
         raise PatientRuleError("name the section(s) that will be predicted (predicted=[...]): the patient "
                                "rule cannot be checked without them")
-    banned = {patient(p) for p in predicted}
-    bad = [s for s in pretrain if patient(s) in banned or s in predicted]
+    upper = [s.upper() for s in pretrain]          # her2st patients are letters: "c3" is patient C too
+    banned = set(same_patient(upper, [p.upper() for p in predicted]))
+    bad = [s for s, u in zip(pretrain, upper) if u in banned]
     if bad:
         raise PatientRuleError(
             f"pretraining sections {bad} belong to the patient(s) {sorted({patient(s) for s in bad})} of the "

@@ -29,6 +29,15 @@ def patient_of(name: str, pattern: str = HER2ST_PATIENT) -> str:
     return m.group(1)
 
 
+def same_patient(names: Iterable[str], test_slices: Iterable[str], pattern: str = HER2ST_PATIENT) -> list[str]:
+    """The sections of ``names`` that a fold predicting ``test_slices`` may not use: those of a test
+    slice's patient, and the test slices themselves (in ``names`` order). The patient rule itself;
+    :func:`allowed_sections` and the image-gene pretraining's check both call it."""
+    test = list(test_slices)
+    banned = {patient_of(t, pattern) for t in test}
+    return [n for n in names if patient_of(n, pattern) in banned or n in test]
+
+
 def allowed_sections(test_slices: Iterable[str], pool: Iterable[str], explicit: Iterable[str] | None = None,
                      pattern: str = HER2ST_PATIENT) -> list[str]:
     """The pool sections that may be used while ``test_slices`` are being predicted.
@@ -52,13 +61,12 @@ def allowed_sections(test_slices: Iterable[str], pool: Iterable[str], explicit: 
     """
     pool = list(dict.fromkeys(pool))
     test = list(test_slices)
-    banned = {patient_of(t, pattern) for t in test}
     if explicit is not None:
         explicit = list(dict.fromkeys(explicit))
         unknown = [n for n in explicit if n not in pool]
         if unknown:
             raise ValueError(f"pretrain.names lists section(s) {unknown} that the pool does not hold; pool: {pool}")
-        leak = [n for n in explicit if patient_of(n, pattern) in banned or n in test]
+        leak = same_patient(explicit, test, pattern)
         if leak:
             raise PatientLeak(f"pretrain.names lists {leak}, section(s) of the test patient(s) "
                               f"{sorted({patient_of(n, pattern) for n in leak})} (test slice(s) {test}): "
@@ -67,7 +75,8 @@ def allowed_sections(test_slices: Iterable[str], pool: Iterable[str], explicit: 
         chosen = explicit
     else:
         chosen = pool
-    return [n for n in chosen if patient_of(n, pattern) not in banned and n not in test]
+    banned = set(same_patient(chosen, test, pattern))
+    return [n for n in chosen if n not in banned]
 
 
 def list_pool(root: str | Path) -> list[str]:
