@@ -16,7 +16,10 @@ chosen by inner leave-one-section-out over that fold's 7 training sections
 (:func:`spagraph.experiment.nested.choose`, prior alone; read from ``--params-from`` or computed);
 the epoch and deep-vs-prior are chosen on the validation section(s), which lie inside the outer
 training sections. X's labels are read only to score the finished models. Adaptation variants see
-X's features with its labels stripped (:func:`spagraph.train.adapt.strip_labels`).
+X's features with its labels stripped (:func:`spagraph.train.adapt.strip_labels`). The ``pretrain``
+variant pretrains the gene stream once per outer fold on the unannotated pool minus every section
+of X's patient (checked again here: :func:`fold_pretraining`), embedded with the fold's encoder;
+the pool sections used are printed and stored in each record.
 
 Outputs ``OUT/records/<variant>_<X>_s<seed>.json`` (resumable) and ``OUT/summary.json``; prints the
 table: per variant the mean test AUC of ``deep``, its paired difference from the baseline's
@@ -48,6 +51,19 @@ VARIANTS = {
     "coral": {"train.coral_weight": 1.0},
     "lr10x": {"train.lr": 0.003},
     "tiles_orient": {"train.tiles_per_step": 2, "train.tile_size": 8.0, "train.orient_augment": True},
+    # the ``pretrain:`` section of experiments/her2st_loso_pretrain.yaml (cache_dir aside: set to
+    # OUT/pretrain_cache, it changes no result); per outer fold the pool minus every section of
+    # the test section's patient (spagraph.pretrain.pool.allowed_sections), embedded with the
+    # fold's own gene encoder; pretraining seed 0 shared by every training seed of a fold
+    "pretrain": {"pretrain.enabled": True, "pretrain.pool": "../shared/data/her2st_unlabelled",
+                 "pretrain.objective": "masked", "pretrain.epochs": 30, "pretrain.lr": 0.001,
+                 "pretrain.mask_rate": 0.3},
+    # fixed a priori (2026-11-30, before any pretrain or combo result): the three ideas that cost
+    # nothing against the prior in seeds 0-1 (n_val 2, AdaBN-style statistics, orientation
+    # augmentation). Pretraining left out: its only evidence was not nested, and with n_val 2 the
+    # folds train on 5 sections, so the combo would need its own 8 pretrainings (a separate
+    # encoder per fold) in the session's CPU budget; it is measured alone as ``pretrain``.
+    "combo": {"protocol.n_val": 2, "model.hidden_norm": "slice", "train.orient_augment": True},
 }
 
 
@@ -57,9 +73,10 @@ def _auc(g, scores):
     return binary_metrics(g.y.numpy()[m].astype(int), scores[m], 0.5)["auc"]
 
 
-def fit_all_ways(cfg, graphs, fold, seed: int) -> dict:
-    """One fit as ``spagraph.train.fit.fit`` runs it; the prior, the best deep epoch and both
-    override rules' picks scored on the fold's test slice."""
+def fit_all_ways(cfg, graphs, fold, seed: int, pretrained: dict | None = None) -> dict:
+    """One fit as ``spagraph.train.fit.fit`` runs it (the gene stream starting from ``pretrained``
+    weights when given); the prior, the best deep epoch and both override rules' picks scored on
+    the fold's test slice."""
     import torch
     from spagraph.experiment.runner import model_settings, train_settings
     from spagraph.train.adapt import strip_labels
@@ -70,6 +87,9 @@ def fit_all_ways(cfg, graphs, fold, seed: int) -> dict:
     test = graphs[fold.test[0]]
     target = [strip_labels(test)] if s.coral_weight > 0 else None
     model = build_model(tr, ms, s, seed)
+    if pretrained is not None:   # as fit() does: the self-supervised gene stream, then the rest as before
+        from spagraph.pretrain.ssl import load_pretrained
+        load_pretrained(model, pretrained)
     prior_state = copy.deepcopy(model.state_dict())
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr, weight_decay=s.weight_decay)
     state = start_state(model, s, seed, has_val=True)
@@ -122,6 +142,21 @@ def nested_params(cfg, slices, groups, test: str, params_dir: Path | None) -> di
                    "choose_deep": False, "inner_seed": 0}
     rest = [n for n in slices if n != test]
     return choose(validate_config(d), {n: slices[n] for n in rest}, {n: groups[n] for n in rest})["params"]
+
+
+def fold_pretraining(cfg, test: str, encoder) -> dict:
+    """The outer fold's pretrained gene stream (:func:`spagraph.pretrain.ssl.pretrain_fold`, cached
+    by content) and the pool sections it used; refuses (PatientLeak) if any of them belongs to the
+    test section's patient, so a broken pool filter cannot pass silently."""
+    from spagraph.pretrain.pool import PatientLeak, same_patient
+    from spagraph.pretrain.ssl import pretrain_fold
+    pt = pretrain_fold(cfg, [test], encoder)
+    leak = same_patient(pt["sections"], [test], cfg.pretrain.patient_pattern)
+    if leak:
+        raise PatientLeak(f"fold {test}: pretraining used {leak}, section(s) of the test patient")
+    h = pt["history"]
+    return {"state": pt["state"], "sections": list(pt["sections"]), "key": pt["key"], "cache": pt["cache"],
+            "seconds": pt["seconds"], "loss_first": h[0]["loss"], "loss_last": h[-1]["loss"]}
 
 
 def paired(a, b) -> dict:
@@ -222,22 +257,38 @@ def main() -> None:
         slices, groups = load_slices(cfg.data)
         pdir = Path(a.params_from) if a.params_from else None
         for test in (a.sections or sections):
-            cache: dict = {}     # graphs per (training, validation) split of this outer fold
+            cache: dict = {}     # (graphs, gene encoder) per (training, validation) split of this outer fold
             params = nested_params(cfg, slices, groups, test, pdir)
             for v in a.variants:
-                vcfg = apply_params(apply_params(cfg, params), VARIANTS[v])
+                over = dict(VARIANTS[v])
+                if over.get("pretrain.enabled"):
+                    over["pretrain.cache_dir"] = str(out / "pretrain_cache")
+                vcfg = apply_params(apply_params(cfg, params), over)
                 fold = next(f for f in plan_folds(vcfg, list(slices), groups) if f.test == [test])
-                for seed in a.seeds:
-                    path = out / "records" / f"{v}_{test}_s{seed}.json"
-                    if path.exists():
-                        continue
-                    key = (tuple(fold.train), tuple(fold.val))
-                    if key not in cache:
-                        cache[key] = embed_and_graph(vcfg, slices, fold)[0]
+                todo = [sd for sd in a.seeds if not (out / "records" / f"{v}_{test}_s{sd}.json").exists()]
+                if not todo:
+                    continue
+                key = (tuple(fold.train), tuple(fold.val))
+                if key not in cache:
+                    graphs, report = embed_and_graph(vcfg, slices, fold)
+                    cache[key] = (graphs, (report or {}).get("gene_encoder"))
+                pt = None
+                if vcfg.pretrain.enabled:
                     t0 = time.time()
-                    rec = fit_all_ways(vcfg, cache[key], fold, seed)
+                    pt = fold_pretraining(vcfg, test, cache[key][1])
+                    print(f"{v:12s} {test}: pretraining pool ({len(pt['sections'])} sections, test patient "
+                          f"excluded): {' '.join(pt['sections'])}; cache {pt['cache']}, loss {pt['loss_first']:.3f}"
+                          f" -> {pt['loss_last']:.3f}, {time.time() - t0:.0f} s load {os.getloadavg()[0]:.2f}",
+                          flush=True)
+                for seed in todo:
+                    path = out / "records" / f"{v}_{test}_s{seed}.json"
+                    t0 = time.time()
+                    rec = fit_all_ways(vcfg, cache[key][0], fold, seed, pretrained=pt["state"] if pt else None)
                     rec.update(variant=v, test=test, seed=seed, params=params, val=fold.val,
                                overrides=VARIANTS[v], load=os.getloadavg()[0], seconds=round(time.time() - t0, 1))
+                    if pt is not None:
+                        rec["pretrain"] = {k: pt[k] for k in ("sections", "key", "cache", "seconds", "loss_first",
+                                                              "loss_last")}
                     atomic_write_json(path, rec)
                     print(f"{v:12s} {test} s{seed}: prior {rec['test_prior']:.4f} deep {rec['test_deep']:.4f} "
                           f"(epoch {rec['deep_epoch']}, kept HM {rec['deep_kept_hanley_mcneil']}, DeLong "
