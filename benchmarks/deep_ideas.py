@@ -209,12 +209,12 @@ def summarise(records: list[dict], sections: list[str]) -> dict:
 
 def print_table(summary: dict) -> None:
     f = lambda p: f"{p['mean']:+.4f} ± {p['se']:.4f} ({p['better']}/{p['worse']}, p={p['wilcoxon_p']:.2f})"
-    print("| variant | prior | deep | Δ deep vs base deep | Δ deep vs prior | DeLong sig +/- | "
+    print("| variant | seeds | prior | deep | Δ deep vs base deep | Δ deep vs prior | DeLong sig +/- | "
           "kept HM | kept DeLong | sel HM | sel DeLong | steps | fit s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for v, o in summary.items():
         m = o["mean"]
-        print(f"| {v} | {m['test_prior']:.4f} | {m['test_deep']:.4f} | "
+        print(f"| {v} | {','.join(map(str, o['seeds']))} | {m['test_prior']:.4f} | {m['test_deep']:.4f} | "
               f"{f(o['deep_vs_base_deep']) if 'deep_vs_base_deep' in o else '—'} | {f(o['deep_vs_prior'])} | "
               f"{o['delong_sig_better']}/{o['delong_sig_worse']} | {o['deep_kept_hanley_mcneil']}/{o['n_fits']} | "
               f"{o['deep_kept_delong']}/{o['n_fits']} | {m['test_sel_hanley_mcneil']:.4f} | {m['test_sel_delong']:.4f} | "
@@ -248,6 +248,8 @@ def main() -> None:
     ap.add_argument("--sections", nargs="*", default=None)
     ap.add_argument("--out", required=True)
     ap.add_argument("--summary-only", action="store_true")
+    ap.add_argument("--summary-seeds", type=int, nargs="+", default=None,
+                    help="summarise only the records of these seeds (default: every record in OUT)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(a.out); (out / "records").mkdir(parents=True, exist_ok=True)
@@ -295,8 +297,11 @@ def main() -> None:
                           f"{rec['deep_kept_delong']}) {rec['steps']} steps {rec['seconds']} s load {rec['load']:.2f}",
                           flush=True)
     records = [json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))]
+    if a.summary_seeds is not None:
+        records = [r for r in records if r["seed"] in a.summary_seeds]
     summary = summarise(records, sections)
-    atomic_write_json(out / "summary.json", summary)
+    name = "summary.json" if a.summary_seeds is None else f"summary_s{'-'.join(map(str, a.summary_seeds))}.json"
+    atomic_write_json(out / name, summary)
     print_table(summary)
 
 
