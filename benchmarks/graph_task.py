@@ -34,8 +34,11 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=8)
     ap.add_argument("--data-seed", type=int, default=10)
     ap.add_argument("--only", nargs="*", default=None, help="variants to run (default: all)")
+    ap.add_argument("--lr", type=float, default=TASK_TRAIN["lr"])
+    ap.add_argument("--epochs", type=int, default=TASK_TRAIN["epochs"], help="also the patience")
     a = ap.parse_args()
     torch.set_num_threads(1)
+    train_over = {"lr": a.lr, "epochs": a.epochs, "patience": a.epochs}
 
     def auc(g, s):
         return binary_metrics(g.y.numpy().astype(int), np.asarray(s), 0.5)["auc"]
@@ -53,7 +56,7 @@ def main() -> None:
             if over is None:
                 aucs, ep = [auc(g, s) for g, s in zip(test, smoothed_logreg_scores(train, test))], "-"
             else:
-                res = fit(train, val, ModelSettings(**(TASK_MODEL | over)), TrainSettings(**TASK_TRAIN), seed=seed)
+                res = fit(train, val, ModelSettings(**(TASK_MODEL | over)), TrainSettings(**(TASK_TRAIN | train_over)), seed=seed)
                 aucs, ep = [auc(g, predict_scores(res.model, g)) for g in test], res.best_epoch
             m, se = float(np.mean(aucs)), float(np.std(aucs, ddof=1) / np.sqrt(len(aucs)))
             summary.setdefault(name, []).append(m)
