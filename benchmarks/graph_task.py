@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--n-spots", type=int, default=400)
     ap.add_argument("--noise", type=float, default=2.0)
+    ap.add_argument("--height", type=float, default=None, help="programme C's ramp height (generator default if unset)")
+    ap.add_argument("--c-noise", type=float, default=None, help="programme C's spot noise (generator default if unset)")
     ap.add_argument("--n-train", type=int, default=3)
     ap.add_argument("--n-test", type=int, default=8)
     ap.add_argument("--data-seed", type=int, default=10)
@@ -49,7 +51,8 @@ def main() -> None:
     for name, (over, bins) in {"logistic regression (smoothed)": (None, 8), **VARIANTS}.items():
         if a.only and name not in a.only:
             continue
-        gs = graph_task_graphs(a.n_train + 1 + a.n_test, a.n_spots, seed=a.data_seed, noise=a.noise, n_dir_bins=bins)
+        gs = graph_task_graphs(a.n_train + 1 + a.n_test, a.n_spots, seed=a.data_seed, noise=a.noise, n_dir_bins=bins,
+                               **{k: v for k, v in (("height", a.height), ("c_noise", a.c_noise)) if v is not None})
         train, val, test = gs[:a.n_train], [gs[a.n_train]], gs[a.n_train + 1:]
         for seed in ([0] if over is None else a.seeds):
             t = time.time()
