@@ -64,7 +64,10 @@ def graph_task_slice(n_spots: int = 500, seed: int = 0, patch_spots: int = 40, n
     sign_a = np.zeros(n_patch)
     for cls in (0, 1):               # A's sign balanced within each class: neither class shifts A
         idx = np.flatnonzero(kind == cls)
-        sign_a[idx] = rng.permutation(np.where(np.arange(len(idx)) % 2 == 0, 1.0, -1.0))
+        # with an odd number of patches in a class, the extra one takes a random sign (always +1
+        # made B = -A lean negative in normal patches only: a linear class signal across slices)
+        first = rng.choice([1.0, -1.0])
+        sign_a[idx] = rng.permutation(np.where(np.arange(len(idx)) % 2 == 0, first, -first))
     sign_b = np.where(kind == 1, sign_a, -sign_a)
     y = kind[patch]
     a = sign_a[patch] + noise * rng.normal(size=n_spots)
