@@ -55,8 +55,10 @@ def test_logistic_regression_fails_and_spagraph_wins(task):
 
 def test_no_direction_bins_loses(task):
     # the same slices with one direction sector: C's +x / -x ramps are invisible (mirror images).
-    # Observed (benchmarks/graph_task.py, data seed 10, model seeds 0-4): spagraph 0.968-0.980,
-    # no direction bins 0.835-0.884, the gap 0.094-0.133; asserted for seed 0 with margin 0.05.
+    # Observed (benchmarks/graph_task.py, data seed 10, model seeds 0-4): spagraph 0.964-0.985,
+    # no direction bins 0.853-0.889 (0.49-0.51 in seeds 1 and 4: the A x B product not learnt
+    # either), the gap 0.094-0.489; data seed 30, model seeds 0-2: gap 0.124-0.482. Asserted for
+    # seed 0 (0.985 vs 0.875 in the benchmark) with margin 0.05.
     _, net = task
     gs = graph_task_graphs(12, 400, seed=10, noise=2.0, n_dir_bins=1)
     res = fit(gs[:3], [gs[3]], ModelSettings(**TASK_MODEL), TrainSettings(**TASK_TRAIN), seed=0)
