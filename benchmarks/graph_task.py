@@ -30,12 +30,17 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--n-spots", type=int, default=400)
     ap.add_argument("--noise", type=float, default=2.0)
+    ap.add_argument("--height", type=float, default=None, help="programme C's ramp height (generator default if unset)")
+    ap.add_argument("--c-noise", type=float, default=None, help="programme C's spot noise (generator default if unset)")
     ap.add_argument("--n-train", type=int, default=3)
     ap.add_argument("--n-test", type=int, default=8)
     ap.add_argument("--data-seed", type=int, default=10)
     ap.add_argument("--only", nargs="*", default=None, help="variants to run (default: all)")
+    ap.add_argument("--lr", type=float, default=TASK_TRAIN["lr"])
+    ap.add_argument("--epochs", type=int, default=TASK_TRAIN["epochs"], help="also the patience")
     a = ap.parse_args()
     torch.set_num_threads(1)
+    train_over = {"lr": a.lr, "epochs": a.epochs, "patience": a.epochs}
 
     def auc(g, s):
         return binary_metrics(g.y.numpy().astype(int), np.asarray(s), 0.5)["auc"]
@@ -46,14 +51,15 @@ def main() -> None:
     for name, (over, bins) in {"logistic regression (smoothed)": (None, 8), **VARIANTS}.items():
         if a.only and name not in a.only:
             continue
-        gs = graph_task_graphs(a.n_train + 1 + a.n_test, a.n_spots, seed=a.data_seed, noise=a.noise, n_dir_bins=bins)
+        gs = graph_task_graphs(a.n_train + 1 + a.n_test, a.n_spots, seed=a.data_seed, noise=a.noise, n_dir_bins=bins,
+                               **{k: v for k, v in (("height", a.height), ("c_noise", a.c_noise)) if v is not None})
         train, val, test = gs[:a.n_train], [gs[a.n_train]], gs[a.n_train + 1:]
         for seed in ([0] if over is None else a.seeds):
             t = time.time()
             if over is None:
                 aucs, ep = [auc(g, s) for g, s in zip(test, smoothed_logreg_scores(train, test))], "-"
             else:
-                res = fit(train, val, ModelSettings(**(TASK_MODEL | over)), TrainSettings(**TASK_TRAIN), seed=seed)
+                res = fit(train, val, ModelSettings(**(TASK_MODEL | over)), TrainSettings(**(TASK_TRAIN | train_over)), seed=seed)
                 aucs, ep = [auc(g, predict_scores(res.model, g)) for g in test], res.best_epoch
             m, se = float(np.mean(aucs)), float(np.std(aucs, ddof=1) / np.sqrt(len(aucs)))
             summary.setdefault(name, []).append(m)
