@@ -213,23 +213,6 @@ def test_relative_calibration_ignores_a_shift_of_the_slice_scores():
         fit_relative([(ty[:5], ts)])
 
 
-def test_relative_calibration_reads_dropout_passes_in_the_slice_frame():
-    """MC-dropout passes of one slice are mapped in the frame of its eval-mode scores: a pass that
-    shifts every spot's log-odds moves its probabilities (spread > 0), where re-centring each pass on
-    itself would hide the shift (spread ~ 0)."""
-    from spagraph.decide.calibration import fit_relative, logit
-    rng = np.random.default_rng(3)
-    cal = fit_relative([two_class(600, pi, rng) for pi in (0.3, 0.6)], ["a", "b"])
-    _, ts = two_class(500, 0.4, rng)
-    passes = np.stack([sigmoid(logit(ts) + d) for d in (-0.8, 0.0, 0.8)])
-    own = cal(passes)
-    framed = cal(passes, reference=ts)
-    assert own.std(0).max() < 1e-6
-    assert framed.std(0).mean() > 0.02
-    np.testing.assert_allclose(framed[1], cal(ts), atol=1e-12)        # the unshifted pass is the slice itself
-    assert np.all(framed[2] >= framed[1]) and np.all(framed[1] >= framed[0])
-
-
 def _stand_in(cfg, train, seed=0):
     """A fast inner scorer for tests: logistic regression on the toy graphs' features."""
     from sklearn.linear_model import LogisticRegression

@@ -190,22 +190,3 @@ def test_saved_relative_calibration_round_trip(saved):
     # whatever other slices were predicted before (no state carried between slices)
     res2 = predict_slice([m], toy_slice(13), name="x", n_mc=0)
     np.testing.assert_allclose(res2["table"]["score"].to_numpy(), sc)
-
-
-def test_predict_reads_mc_passes_in_the_slice_frame(saved, monkeypatch):
-    """With the slice-relative calibration, dropout passes that shift the whole slice's log-odds
-    give a non-zero ``spagraph_mc_std`` (each pass read in the eval-mode frame, not re-centred)."""
-    import spagraph.train.saved as saved_mod
-    from spagraph.decide.calibration import fit_relative, logit, sigmoid
-    m = load_model(saved[0])
-    g = saved[2]["B"]
-    cal = fit_relative([(g.y.numpy(), predict_scores(m.model, g, train_settings(m.cfg)))], ["B"])
-    m.meta["decide"] = {**m.meta["decide"], "calibration": cal.to_dict()}
-
-    def shifted_passes(model, data, n_passes, seed=0, ts=None):
-        s = predict_scores(model, data, ts)
-        return np.stack([sigmoid(logit(s) + d) for d in np.linspace(-1.0, 1.0, n_passes)])
-
-    monkeypatch.setattr(saved_mod, "mc_dropout_scores", shifted_passes)
-    res = predict_slice([m], toy_slice(13), name="x", n_mc=3)
-    assert res["table"]["mc_std"].to_numpy().mean() > 0.01

@@ -17,8 +17,10 @@ normalisation of expression moving a slice's score level with its cancer fractio
 the calibrated probabilities; and because ``v`` is scale-free the map can be fitted on several
 slices scored by different models (``spagraph.decide.choose.inner_scores``: every inner training
 slice scored by a stand-in model not trained on it, plus the validation slices). Applied to one
-slice at a time (a 2-D array: each row is a slice; dropout passes of one slice are read in the frame
-of its eval-mode scores, ``reference=``).
+slice at a time (a 2-D array: each row is a slice, e.g. dropout passes). Each dropout pass is read
+in its own frame on purpose: the calibrated output does not move when a whole slice's scores
+shift, so a pass that only shifts the slice is not a different answer, and the MC spread
+(``spagraph_mc_std``) is the spread of what the pipeline would report under each pass.
 
 Only validation labels enter; a fit that would be decreasing (``a <= 0``), or a validation set
 with a single class, gives the identity map (``kind="identity"``) and says so.
@@ -54,21 +56,19 @@ class Calibration:
     y_knots: list[float] = field(default_factory=list)
     note: str = ""
 
-    def __call__(self, scores, reference=None) -> np.ndarray:
-        """P(cancer) of ``scores``; ``reference`` (relative kind only): the slice's eval-mode scores
-        whose frame maps every row (see :func:`relative_logit`); other kinds ignore it."""
+    def __call__(self, scores) -> np.ndarray:
         s = np.asarray(scores, dtype=float)
         if self.kind == "platt":
             return sigmoid(self.a * logit(s) + self.b)
         if self.kind == "relative":
-            return sigmoid(self.logits(s, reference))
+            return sigmoid(self.logits(s))
         if self.kind == "isotonic":
             return np.clip(np.interp(s, self.x_knots, self.y_knots), 0.0, 1.0)
         if self.kind == "identity":
             return np.clip(s, 0.0, 1.0)
         raise ValueError(f"unknown calibration kind {self.kind!r}; expected platt, relative, isotonic or identity")
 
-    def logits(self, scores, reference=None) -> np.ndarray:
+    def logits(self, scores) -> np.ndarray:
         """log-odds of the calibrated probability, computed without saturating (Platt: exactly
         ``a * logit(s) + b``; a probability rounded to 0 or 1 in float64 would lose the ranking)."""
         s = np.asarray(scores, dtype=float)
@@ -76,8 +76,8 @@ class Calibration:
             return self.a * logit(s) + self.b
         if self.kind == "relative":
             if s.ndim == 2:
-                return np.stack([self.a * relative_logit(r, reference) + self.b for r in s])
-            return self.a * relative_logit(s, reference) + self.b
+                return np.stack([self.a * relative_logit(r) + self.b for r in s])
+            return self.a * relative_logit(s) + self.b
         return logit(np.clip(self(s), 1e-12, 1 - 1e-12))
 
     def to_dict(self) -> dict:
@@ -91,33 +91,20 @@ class Calibration:
         return cls(**d)
 
 
-def relative_frame(scores) -> tuple[float, float]:
-    """The centre ``c`` and spread ``sd`` of one slice's log-odds used by :func:`relative_logit`:
-    ``c`` where the posteriors of a two-component Gaussian mixture on the log-odds cross 0.5 (the
-    median when the scores do not split in two), ``sd`` their standard deviation (1 if constant)."""
+def relative_logit(scores) -> np.ndarray:
+    """One slice's relative log-odds ``(logit(s) - c) / sd`` (module docstring): ``c`` where the
+    posteriors of a two-component Gaussian mixture on the slice's log-odds cross 0.5 (the median
+    when the scores do not split in two), ``sd`` the log-odds' standard deviation (1 if constant).
+    Label-free; invariant to an increasing affine map of the log-odds."""
     from spagraph.decide.rules import mixture_cut
     z = logit(np.asarray(scores, dtype=float), 1e-12)
     if len(z) == 0:
-        return 0.0, 1.0
+        return z
     c, how = mixture_cut(z, 0.0) if len(z) >= 10 and np.ptp(z) > 1e-9 else (0.0, "fallback_val_threshold")
     if how == "fallback_val_threshold":
         c = float(np.median(z))
     sd = float(z.std())
-    return float(c), (sd if sd > 1e-9 else 1.0)
-
-
-def relative_logit(scores, reference=None) -> np.ndarray:
-    """One slice's relative log-odds ``(logit(s) - c) / sd`` (module docstring), ``c`` and ``sd``
-    from :func:`relative_frame` of ``reference`` (default: the scores themselves). Label-free;
-    invariant to an increasing affine map of the log-odds. Pass the slice's eval-mode scores as
-    ``reference`` when mapping MC-dropout passes of the same slice: each pass is then read in the
-    slice's one frame, so a pass that shifts every spot's score shows up in the spread instead of
-    being centred away."""
-    z = logit(np.asarray(scores, dtype=float), 1e-12)
-    if len(z) == 0:
-        return z
-    c, sd = relative_frame(scores if reference is None else reference)
-    return (z - c) / sd
+    return (z - c) / (sd if sd > 1e-9 else 1.0)
 
 
 def fit_relative(groups, slices: list[str] | None = None) -> Calibration:

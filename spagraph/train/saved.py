@@ -469,9 +469,7 @@ def predict_slice(models: list[SavedModel] | SavedModel, adata, name: str = "sli
         probs.append(sd.prob); thrs.append(d.threshold); methods.append(d.used); preds.append(d.pred)
         prevs.append(sd.prevalence); flags.extend(d.flags)
         if n_mc > 0:
-            # dropout passes are read in the slice's own frame (eval-mode scores): relative
-            # calibration would otherwise re-centre each pass on itself and hide a shift of the whole pass
-            mc = state.calibration(mc_dropout_scores(m.model, g, n_mc, seed=mc_seed + i, ts=ts), reference=s)
+            mc = state.calibration(mc_dropout_scores(m.model, g, n_mc, seed=mc_seed + i, ts=ts))
             mc_stds.append(mc.std(0))
     score = np.mean(probs, axis=0)
     seed_std = np.std(probs, axis=0) if len(probs) > 1 else np.zeros(len(score))
