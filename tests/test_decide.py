@@ -213,6 +213,30 @@ def test_relative_calibration_ignores_a_shift_of_the_slice_scores():
         fit_relative([(ty[:5], ts)])
 
 
+def test_relative_within_spread_keeps_confident_negatives_low():
+    """On a slice whose two components are far apart, the total spread pulls every spot's relative
+    log-odds towards the crossing point (no spot confidently healthy); the within-component spread
+    does not. Both stay shift/scale invariant and increasing."""
+    from spagraph.decide.calibration import Calibration, fit_relative, logit, relative_logit
+    rng = np.random.default_rng(5)
+    groups = [two_class(600, pi, rng, sep=6.0) for pi in (0.3, 0.5, 0.7)]
+    tot = fit_relative(groups, ["a", "b", "c"])
+    win = fit_relative(groups, ["a", "b", "c"], spread="within")
+    assert (tot.spread, win.spread) == ("total", "within")
+    y, s = two_class(800, 0.3, rng, sep=6.0)
+    neg = y == 0
+    assert np.median(win(s)[neg]) < np.median(tot(s)[neg])
+    assert reliability(y, win(s))["ece"] <= reliability(y, tot(s))["ece"] + 0.01
+    shifted = sigmoid(2.0 * logit(s) - 1.0)
+    np.testing.assert_allclose(win(shifted), win(s), atol=1e-6)
+    o = np.argsort(s)
+    assert np.all(np.diff(win(s)[o]) >= -1e-12)
+    assert Calibration.from_dict(win.to_dict()) == win
+    assert Calibration.from_dict({k: v for k, v in tot.to_dict().items() if k != "spread"}).spread == "total"
+    with pytest.raises(ValueError, match="spread"):
+        relative_logit(s, "median")
+
+
 def _stand_in(cfg, train, seed=0):
     """A fast inner scorer for tests: logistic regression on the toy graphs' features."""
     from sklearn.linear_model import LogisticRegression

@@ -55,6 +55,7 @@ class Calibration:
     x_knots: list[float] = field(default_factory=list)   # isotonic only (raw-score knots)
     y_knots: list[float] = field(default_factory=list)
     note: str = ""
+    spread: str = "total"             # relative only: "total" (all log-odds) or "within" (mixture components)
 
     def __call__(self, scores) -> np.ndarray:
         s = np.asarray(scores, dtype=float)
@@ -76,8 +77,8 @@ class Calibration:
             return self.a * logit(s) + self.b
         if self.kind == "relative":
             if s.ndim == 2:
-                return np.stack([self.a * relative_logit(r) + self.b for r in s])
-            return self.a * relative_logit(s) + self.b
+                return np.stack([self.a * relative_logit(r, self.spread) + self.b for r in s])
+            return self.a * relative_logit(s, self.spread) + self.b
         return logit(np.clip(self(s), 1e-12, 1 - 1e-12))
 
     def to_dict(self) -> dict:
@@ -91,12 +92,20 @@ class Calibration:
         return cls(**d)
 
 
-def relative_logit(scores) -> np.ndarray:
+def relative_logit(scores, spread: str = "total") -> np.ndarray:
     """One slice's relative log-odds ``(logit(s) - c) / sd`` (module docstring): ``c`` where the
     posteriors of a two-component Gaussian mixture on the slice's log-odds cross 0.5 (the median
-    when the scores do not split in two), ``sd`` the log-odds' standard deviation (1 if constant).
-    Label-free; invariant to an increasing affine map of the log-odds."""
+    when the scores do not split in two). ``sd``: with ``spread="total"`` the log-odds' standard
+    deviation; with ``spread="within"`` the pooled standard deviation *within* the two mixture
+    components, ``sqrt(sum_k w_k var_k)`` (the total one when the mixture does not split). The
+    total spread grows with the distance between the two components, so on a slice whose tumour
+    and tissue are far apart it shrinks every spot's relative log-odds towards ``c`` and no spot is
+    called confidently healthy; the within spread does not. 1 if constant. Label-free; invariant to
+    an increasing affine map of the log-odds."""
+    from spagraph.decide.prevalence import fit_logit_mixture
     from spagraph.decide.rules import mixture_cut
+    if spread not in ("total", "within"):
+        raise ValueError(f"spread must be 'total' or 'within', got {spread!r}")
     z = logit(np.asarray(scores, dtype=float), 1e-12)
     if len(z) == 0:
         return z
@@ -104,10 +113,13 @@ def relative_logit(scores) -> np.ndarray:
     if how == "fallback_val_threshold":
         c = float(np.median(z))
     sd = float(z.std())
+    if spread == "within" and how == "mixture":
+        gm = fit_logit_mixture(z)
+        sd = float(np.sqrt(np.sum(gm.weights_ * gm.covariances_.ravel())))
     return (z - c) / (sd if sd > 1e-9 else 1.0)
 
 
-def fit_relative(groups, slices: list[str] | None = None) -> Calibration:
+def fit_relative(groups, slices: list[str] | None = None, spread: str = "total") -> Calibration:
     """Slice-relative Platt map fitted on several labelled slices: ``groups`` is a list of
     ``(labels, raw scores)`` per slice (NaN labels ignored); each slice is made relative on its own
     (all its spots, labelled or not) before one logistic regression is fitted on all of them."""
@@ -119,7 +131,7 @@ def fit_relative(groups, slices: list[str] | None = None) -> Calibration:
             raise ValueError(f"fit_relative: {len(y)} labels but {len(s)} scores in one slice")
         if len(s) == 0:
             continue
-        v = relative_logit(s)
+        v = relative_logit(s, spread)
         m = ~np.isnan(y) & np.isfinite(v)
         vs.append(v[m]); ys.append(y[m].astype(int))
     v = np.concatenate(vs) if vs else np.zeros(0)
@@ -135,7 +147,7 @@ def fit_relative(groups, slices: list[str] | None = None) -> Calibration:
     if not (np.isfinite(a) and np.isfinite(b)) or a <= 0:
         return Calibration("identity", prior=prior, n=int(len(y)), fitted_on=names,
                            note=f"identity: the relative Platt fit was not increasing (a = {a:.3g})")
-    return Calibration("relative", a=a, b=b, prior=prior, n=int(len(y)), fitted_on=names)
+    return Calibration("relative", a=a, b=b, prior=prior, n=int(len(y)), fitted_on=names, spread=spread)
 
 
 def fit_calibration(y, scores, kind: str = "platt", slices: list[str] | None = None) -> Calibration:

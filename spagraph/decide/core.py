@@ -45,7 +45,8 @@ def fit_state(val_labels, val_scores, fixed: float = 0.5, kind: str = "platt",
               slices: list[str] | None = None, extra: dict | None = None) -> DecisionState:
     """Calibration and validation cuts from the validation slices' labels and raw scores.
 
-    ``kind="relative"``: the slice-relative map is fitted on the validation spots (one slice) and
+    ``kind="relative"`` (``"relative_within"``: the same with the within-component spread,
+    :func:`spagraph.decide.calibration.relative_logit`): the slice-relative map is fitted on the validation spots (one slice) and
     on ``extra`` = ``{name: (labels, raw scores)}`` of further labelled slices, each scored by a
     model not trained on it (cross-fitted inner scores, :func:`spagraph.decide.choose.inner_scores`).
     The validation cuts stay on the validation spots alone."""
@@ -53,9 +54,10 @@ def fit_state(val_labels, val_scores, fixed: float = 0.5, kind: str = "platt",
     from spagraph.train.metrics import validation_thresholds
     y = np.asarray(val_labels, dtype=float)
     s = np.asarray(val_scores, dtype=float)
-    if kind == "relative":
+    if kind in ("relative", "relative_within"):
         groups = ([(y, s)] if len(s) else []) + [tuple(v) for v in (extra or {}).values()]
-        cal = fit_relative(groups, list(slices or []) + [f"{n} (cross-fitted)" for n in (extra or {})])
+        cal = fit_relative(groups, list(slices or []) + [f"{n} (cross-fitted)" for n in (extra or {})],
+                           spread="within" if kind == "relative_within" else "total")
     else:
         cal = fit_calibration(y, s, kind=kind, slices=slices) if kind != "identity" else \
             Calibration("identity", prior=float(np.nanmean(y)) if (~np.isnan(y)).any() else 0.5,

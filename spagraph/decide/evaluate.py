@@ -35,7 +35,7 @@ def calibration_extra(cfg, graphs: dict, fold) -> dict | None:
     """Further calibration slices for ``threshold.calibration: relative``: the cross-fitted inner
     scores of the fold's training slices (validation slices excluded: they enter with the fold's own
     model's scores); None for the other kinds."""
-    if getattr(cfg.threshold, "calibration", "platt") != "relative":
+    if getattr(cfg.threshold, "calibration", "platt") not in ("relative", "relative_within"):
         return None
     from spagraph.decide.choose import inner_scores
     return {n: v for n, v in inner_scores(cfg, graphs, fold).items() if n not in fold.val}

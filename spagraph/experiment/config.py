@@ -233,8 +233,9 @@ class ThresholdConfig(_Strict):
                     "mixture", "val_f1", "val_youden", "fixed"] = "auto"
     fixed: float = Field(0.5, ge=0, le=1)
     # "relative": slice-relative Platt fitted on the validation slice and the training slices'
-    # cross-fitted inner scores (spagraph.decide.calibration)
-    calibration: Literal["platt", "relative", "isotonic", "identity"] = "platt"
+    # cross-fitted inner scores (spagraph.decide.calibration); "relative_within": the same, with
+    # each slice's log-odds scaled by the spread within its two mixture components
+    calibration: Literal["platt", "relative", "relative_within", "isotonic", "identity"] = "platt"
     # the slice's estimated cancer fraction: EM prior adjustment, two-component mixture, or the one
     # with the lower inner-fold error ("auto")
     prevalence: Literal["auto", "em", "mixture"] = "auto"
