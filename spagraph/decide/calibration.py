@@ -103,18 +103,18 @@ def relative_logit(scores, spread: str = "total") -> np.ndarray:
     called confidently healthy; the within spread does not. 1 if constant. Label-free; invariant to
     an increasing affine map of the log-odds."""
     from spagraph.decide.prevalence import fit_logit_mixture
-    from spagraph.decide.rules import mixture_cut
+    from spagraph.decide.rules import mixture_crossing
     if spread not in ("total", "within"):
         raise ValueError(f"spread must be 'total' or 'within', got {spread!r}")
     z = logit(np.asarray(scores, dtype=float), 1e-12)
     if len(z) == 0:
         return z
-    c, how = mixture_cut(z, 0.0) if len(z) >= 10 and np.ptp(z) > 1e-9 else (0.0, "fallback_val_threshold")
+    gm = fit_logit_mixture(z) if np.ptp(z) > 1e-9 else None     # one fit serves the crossing and the spread
+    c, how = mixture_crossing(gm, 0.0)
     if how == "fallback_val_threshold":
         c = float(np.median(z))
     sd = float(z.std())
     if spread == "within" and how == "mixture":
-        gm = fit_logit_mixture(z)
         sd = float(np.sqrt(np.sum(gm.weights_ * gm.covariances_.ravel())))
     return (z - c) / (sd if sd > 1e-9 else 1.0)
 
@@ -141,13 +141,7 @@ def fit_relative(groups, slices: list[str] | None = None, spread: str = "total")
     if len(y) < 10 or len(np.unique(y)) < 2 or np.ptp(v) == 0:
         return Calibration("identity", prior=prior, n=int(len(y)), fitted_on=names,
                            note="identity: fewer than 10 labelled spots, one class or constant scores")
-    from sklearn.linear_model import LogisticRegression
-    clf = LogisticRegression(C=1e4, max_iter=1000).fit(v[:, None], y)
-    a, b = float(clf.coef_[0, 0]), float(clf.intercept_[0])
-    if not (np.isfinite(a) and np.isfinite(b)) or a <= 0:
-        return Calibration("identity", prior=prior, n=int(len(y)), fitted_on=names,
-                           note=f"identity: the relative Platt fit was not increasing (a = {a:.3g})")
-    return Calibration("relative", a=a, b=b, prior=prior, n=int(len(y)), fitted_on=names, spread=spread)
+    return _increasing_platt(v, y, "relative", "relative Platt", prior, names, spread=spread)
 
 
 def fit_calibration(y, scores, kind: str = "platt", slices: list[str] | None = None) -> Calibration:
@@ -181,14 +175,20 @@ def fit_calibration(y, scores, kind: str = "platt", slices: list[str] | None = N
                            x_knots=[float(v) for v in iso.X_thresholds_], y_knots=[float(v) for v in iso.y_thresholds_])
     if kind != "platt":
         raise ValueError(f"calibration kind must be 'platt', 'relative' or 'isotonic', got {kind!r}")
+    return _increasing_platt(logit(s), y, "platt", "Platt", prior, names)
+
+
+def _increasing_platt(x, y, kind: str, what: str, prior: float, names: list[str], **fields) -> Calibration:
+    """``P = sigmoid(a * x + b)`` by an (almost) unpenalised logistic regression of the labels ``y``
+    on the one feature ``x``; the identity map (saying so) when the fit is not increasing. Shared
+    by the Platt and the slice-relative maps."""
     from sklearn.linear_model import LogisticRegression
-    z = logit(s)[:, None]
-    clf = LogisticRegression(C=1e4, max_iter=1000).fit(z, y)
+    clf = LogisticRegression(C=1e4, max_iter=1000).fit(np.asarray(x, dtype=float)[:, None], y)
     a, b = float(clf.coef_[0, 0]), float(clf.intercept_[0])
     if not (np.isfinite(a) and np.isfinite(b)) or a <= 0:
         return Calibration("identity", prior=prior, n=int(len(y)), fitted_on=names,
-                           note=f"identity: the Platt fit was not increasing (a = {a:.3g})")
-    return Calibration("platt", a=a, b=b, prior=prior, n=int(len(y)), fitted_on=names)
+                           note=f"identity: the {what} fit was not increasing (a = {a:.3g})")
+    return Calibration(kind, a=a, b=b, prior=prior, n=int(len(y)), fitted_on=names, **fields)
 
 
 def reliability(y, prob, n_bins: int = 10) -> dict:

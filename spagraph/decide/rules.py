@@ -61,7 +61,11 @@ def mixture_cut(z, fallback_p: float) -> tuple[float, str]:
     :func:`spagraph.train.thresholds.mixture_threshold`, on unsaturated log-odds ``z``); returned as
     a probability. Falls back to ``fallback_p`` when the scores do not split into two components."""
     from spagraph.decide.prevalence import fit_logit_mixture
-    gm = fit_logit_mixture(z)
+    return mixture_crossing(fit_logit_mixture(z), fallback_p)
+
+
+def mixture_crossing(gm, fallback_p: float) -> tuple[float, str]:
+    """:func:`mixture_cut` for a mixture already fitted on the log-odds (``None``: not fitted)."""
     if gm is None or gm.weights_.min() < 0.02:
         return float(fallback_p), "fallback_val_threshold"
     lo, hi = np.sort(gm.means_.ravel())
