@@ -31,7 +31,7 @@ RETIRED = {"train": {"val_smoothing": 1, "focal_gamma": 0.0}, "model": {"feature
 # from before they existed keep their hash (resume, suite reuse and load_model checks).
 ADDED_LATER = {"train": {"orient_augment": False, "prior_rule_se": "hanley_mcneil", "tiles_per_step": 0,
                          "coral_weight": 0.0},
-               "model": {"hidden_norm": "layer"}}
+               "model": {"hidden_norm": "layer", "msfa_input": "hidden", "token_norm": False}}
 
 
 def _drop_retired(section: str, data):
@@ -165,7 +165,13 @@ class ModelConfig(_Strict):
     # normalisation after each stream's input projection: "layer" (per spot) or "slice" (each hidden unit
     # standardised over the spots of the slice being processed, training and test slices alike: AdaBN-style,
     # label-free; spagraph/train/adapt.py)
-    hidden_norm: Literal["layer", "slice"] = "layer"
+    hidden_norm: Literal["layer", "slice", "none"] = "layer"
+    # what each MSFA scale aggregates: "hidden" (the stream's projected, normalised, GELU-activated spots) or
+    # "input" (the modality's input embeddings, so a scale token is a linear map of its neighbourhood's input
+    # means); token_norm: LayerNorm on each MSFA scale token (the self token has hidden_norm). Both for tokens
+    # whose content differs by scale (benchmarks/README.md, "Synthetic task only a graph network can solve")
+    msfa_input: Literal["hidden", "input"] = "hidden"
+    token_norm: bool = False
 
     @model_validator(mode="before")
     @classmethod
