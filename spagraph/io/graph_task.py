@@ -133,7 +133,8 @@ def smoothed_logreg_scores(train: list, test: list, C: float = 1.0) -> list:
     return [clf.decision_function(feats(g)) for g in test]
 
 
-def token_task_slice(n_spots: int = 400, seed: int = 0, label_noise: float = 0.3) -> ad.AnnData:
+def token_task_slice(n_spots: int = 400, seed: int = 0, label_noise: float = 0.3, terms: tuple[int, ...] = (0, 1, 2),
+                     product: bool = True) -> ad.AnnData:
     """A sibling task on which a label needs products of *matching* image and gene tokens.
 
     Every spot draws two gene columns ``g`` and two image columns ``i``, i.i.d. N(0, 1), on the
@@ -149,7 +150,12 @@ def token_task_slice(n_spots: int = 400, seed: int = 0, label_noise: float = 0.3
     that sees no neighbourhood reaches about 0.7), the rest needs the ring and shell tokens.
 
     ``obsm["gene_emb"]`` (n, 2), ``obsm["img_emb"]`` (n, 2), ``obsm["spatial"]`` (pixels, pitch
-    100), ``obs["cancer"]`` Int8 (the spot label)."""
+    100), ``obs["cancer"]`` Int8 (the spot label).
+
+    Diagnostic variants (benchmarks/xattn_probe.py ``--parts diagnose``): ``terms`` the tokens whose
+    products enter the label (e.g. ``(1,)``: the ring's only); ``product=False``: the label is the
+    sign of the standardised gene column 0 summed over ``terms`` (a linear signal). The columns are
+    the same for every variant of a seed."""
     from scipy.sparse import csr_matrix
     from spagraph.graph.neighbours import multiscale_edges
     rng = np.random.default_rng(seed)
@@ -157,14 +163,18 @@ def token_task_slice(n_spots: int = 400, seed: int = 0, label_noise: float = 0.3
     r, c = np.divmod(np.arange(side * side), side)
     pos = np.c_[c + 0.5 * (r % 2), r * np.sqrt(3) / 2][:n_spots]
     g, im = rng.normal(size=(n_spots, 2)), rng.normal(size=(n_spots, 2))
-    z = (g / g.std(0) * (im / im.std(0))).sum(1)
+    means = [(g, im)]
     for e in multiscale_edges(pos, [1.0, 2.0], n_bins=1, pitch=1.0, shells=True):
         src, dst = e["edge_index"]
         w = csr_matrix((np.ones(len(src)), (dst, src)), shape=(n_spots, n_spots))
         w = csr_matrix(w.multiply(1.0 / np.maximum(w.sum(1), 1)))            # row means
-        mg, mi = w @ g, w @ im
-        z = z + (mg / mg.std(0) * (mi / mi.std(0))).sum(1)
-    y = (z / np.sqrt(6) + label_noise * rng.normal(size=n_spots) > 0).astype(int)
+        means.append((w @ g, w @ im))
+    z = 0.0
+    for t in terms:
+        mg, mi = (m / m.std(0) for m in means[t])
+        z = z + ((mg * mi).sum(1) if product else mg[:, 0])
+    z = z / np.sqrt((2 if product else 1) * len(terms))
+    y = (z + label_noise * rng.normal(size=n_spots) > 0).astype(int)
     obs = pd.DataFrame({"cancer": pd.array(y, dtype="Int8")}, index=pd.Index([f"t{seed}_{i}" for i in range(n_spots)]))
     out = ad.AnnData(np.zeros((n_spots, 1), np.float32), obs=obs)
     out.obsm["spatial"] = pos * 100.0
