@@ -79,8 +79,8 @@ def _probe():
 def test_cross_attention_learns_token_aligned_products_concat_does_not():
     # CrossModalFusion alone: label = sign of u_t . v_t summed over 3 tokens per modality. Observed
     # (benchmarks/xattn_probe.py, seeds 0-3): cross-attention 0.83-0.88, concatenation 0.73-0.77, the
-    # gap 0.06-0.14; with all products in one token there is no gap (|diff| <= 0.01). On spagraph's
-    # own scale tokens no such gap was found (benchmarks/README.md), so this checks the module only.
+    # gap 0.06-0.14; with all products in one token there is no gap (|diff| <= 0.01). This checks the
+    # module only; inside spagraph see test_token_task_cross_attention_beats_concatenation.
     p = _probe()
     cross, concat = p.fusion_probe_auc(True, True, seed=0), p.fusion_probe_auc(True, False, seed=0)
     assert cross > 0.8 and cross > concat + 0.05, f"cross-attention {cross:.3f} vs concatenation {concat:.3f}"

@@ -47,6 +47,10 @@ Both signals carry the full label (cancer patches have equal A / B signs *and* r
 model that uses both beats one that can use only one of them. The remaining embedding columns are
 noise. Labels come from the patch type; no undetermined spots. Orientation is part of the signal
 here (+x versus -x), so ``train.orient_augment`` must stay off on this task.
+
+:func:`token_task_slice` is a sibling task for the fusion: a spot label made of products of matching
+gene and image tokens (the spot, its ring, its shell), which cross-attention learns and pooled
+concatenation does not (with ``TOKEN_MODEL`` / ``TOKEN_TRAIN``).
 """
 from __future__ import annotations
 
