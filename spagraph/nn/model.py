@@ -26,8 +26,8 @@ class _Stream(nn.Module):
         super().__init__()
         # hidden_norm "slice": statistics of the slice being processed, in training and scoring alike
         # (AdaBN-style label-free adaptation, spagraph/train/adapt.py)
-        # hidden_norm "none": no normalisation (a LayerNorm over the projection of a few input columns
-        # keeps their direction and drops most of their magnitude)
+        # hidden_norm "none": no normalisation (with only a few input columns, a LayerNorm of their
+        # projection keeps mostly their direction, little of their magnitude)
         norm = {"slice": lambda: nn.BatchNorm1d(s.hidden, track_running_stats=False), "none": nn.Identity,
                 "layer": lambda: nn.LayerNorm(s.hidden)}[s.hidden_norm]()
         self.proj = nn.Sequential(nn.Dropout(s.input_dropout), nn.Linear(d_in, s.hidden), norm,
@@ -49,7 +49,8 @@ class _Stream(nn.Module):
         nn.init.zeros_(self.scale_emb)
 
     def forward(self, x: Tensor, data: Data) -> Tensor:
-        h = self.proj(x)
+        x = self.proj[0](x)                        # input dropout, shared by the self and the scale tokens
+        h = self.proj[1:](x)
         src = x if self.from_input else h
         toks = [self.act(conv(src, data[f"edge_index_{k}"], data[f"edge_dir_{k}"])) for k, conv in enumerate(self.convs)]
         if self.token_norms is not None:
