@@ -90,9 +90,10 @@ def test_cross_attention_learns_token_aligned_products_concat_does_not():
 
 def test_token_task_cross_attention_beats_concatenation():
     # spot label = sign of products of matching gene / image tokens (spot, ring, shell). Observed
-    # (benchmarks/graph_task.py --task tokens, model seeds 0-2): logistic regression 0.535; spagraph
-    # 0.826 / 0.785 / 0.832; no cross-attention 0.716 / 0.683 / 0.682 (gap 0.10-0.15); the cross-
-    # attention model with its attention zeroed (same post-norm) 0.709 / 0.692 / 0.675. Seed 0's best
+    # (benchmarks/graph_task.py --task tokens, model seeds 0-4): logistic regression 0.535; spagraph
+    # 0.826 / 0.785 / 0.832 / 0.818 / 0.774; no cross-attention 0.716 / 0.683 / 0.682 / 0.660 / 0.709
+    # (gap 0.065-0.158; 0.047-0.122 at data seed 30); the cross-attention model with its attention
+    # zeroed (same post-norm) 0.640-0.717. Asserted for seed 0 (gap 0.110) with margin 0.03. Seed 0's best
     # epochs (90 and 18) lie in the first 100 of the 200, so 100 epochs give the same models (no lr schedule).
     gs = token_task_graphs(12, 400, seed=10)
     train, val, test = gs[:3], [gs[3]], gs[4:]
@@ -104,7 +105,7 @@ def test_token_task_cross_attention_beats_concatenation():
         aucs[cross] = np.mean([_auc(g, predict_scores(res.model, g)) for g in test])
     assert abs(lr - 0.5) < 0.1, f"logistic regression should be near chance, got {lr:.3f}"
     assert aucs[True] > lr + 0.2, f"spagraph {aucs[True]:.3f} vs logistic regression {lr:.3f}"
-    assert aucs[True] > aucs[False] + 0.05, f"cross-attention {aucs[True]:.3f} vs concatenation {aucs[False]:.3f}"
+    assert aucs[True] > aucs[False] + 0.03, f"cross-attention {aucs[True]:.3f} vs concatenation {aucs[False]:.3f}"
 
 
 def test_token_task_tokens_are_independent_and_the_label_needs_them():
