@@ -95,7 +95,7 @@ def test_same_seed_same_scores_and_the_score_distribution_is_kept(cross_patient)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, self_train_scores(cross_patient, t, QUICK, seed=1))
     p0 = predict_scores(cross_patient, t, QUICK)
-    np.testing.assert_allclose(np.sort(a), np.sort(p0), atol=1e-6)   # only the order moves
+    np.testing.assert_allclose(np.sort(a), np.sort(p0), rtol=1e-6)   # only the order moves (to 1 ulp)
 
 
 def test_self_training_recovers_the_slice_structure_a_shifted_model_misses(cross_patient):
@@ -134,3 +134,42 @@ def test_runner_self_trains_the_test_slice_label_free_and_leaves_validation_alon
     assert np.array_equal(on["s2"], plain["s2"]) and not np.array_equal(on["s3"], plain["s3"])
     shuffled, _ = fit_predict(cfg, {**graphs, "s3": _shuffled(graphs["s3"], 3)}, fold, 0)
     assert np.array_equal(on["s3"], shuffled["s3"])
+
+
+def test_predict_on_a_new_slide_self_trains_without_its_labels(tmp_path, monkeypatch):
+    """``spagraph predict`` (predict_slice) self-trains when the saved model's config enables it;
+    the slice it hands over carries no labels, and only the order of the scores moves."""
+    import spagraph.train.selftrain as stmod
+    from test_predict import ToyGeneEncoder, toy_slice
+    from spagraph.experiment.config import validate_config
+    from spagraph.experiment.data import Fold
+    from spagraph.experiment.runner import model_settings, train_settings
+    from spagraph.experiment.tune import apply_params
+    from spagraph.train.saved import load_models, predict_slice, save_model
+    cfg = validate_config({"name": "toy", "data": {"sources": [{"reader": "synthetic", "n_slices": 3}]},
+                           "embed": {"image_encoder": None, "gene_encoder": "pca"},
+                           "graph": {"scales": [1.0, 2.0], "n_dir_bins": 4},
+                           "model": {"hidden": 8, "heads": 2, "contrastive_weight": 0.0, "linear_path": True},
+                           "train": {"epochs": 2, "min_epochs": 1, "seeds": [0]},
+                           "threshold": {"method": "val_youden"}, "track": {"mode": "disabled"}})
+    slices = {n: toy_slice(i) for i, n in enumerate(["A", "B", "C"])}
+    enc = ToyGeneEncoder.fit([slices["A"]])
+    graphs = {}
+    for n, a in slices.items():
+        a.obsm["gene_emb"] = enc.transform(a)
+        graphs[n] = build_slice_graph(a, GraphSettings(scales=[1.0, 2.0], n_dir_bins=4), name=n)
+    res = fit([graphs["A"]], [graphs["B"]], model_settings(cfg), train_settings(cfg), seed=0)
+    save_model(res.model, cfg, graphs, Fold("C", ["A"], ["B"], ["C"]), tmp_path / "m", gene_encoder=enc, seed=0)
+    plain = predict_slice(load_models(tmp_path / "m"), toy_slice(11), name="new", n_mc=0)["table"]["score"].to_numpy()
+    (m,) = load_models(tmp_path / "m")
+    m.cfg = apply_params(m.cfg, {"train.self_train_rounds": 1, "train.self_train_epochs": 5})
+    seen, real = {}, stmod.self_train_scores
+
+    def spy(model, data, s, seed=0, info=None):
+        seen["labelled"] = bool(data.label_mask.any())
+        return real(model, data, s, seed, info)
+    monkeypatch.setattr(stmod, "self_train_scores", spy)
+    st = predict_slice([m], toy_slice(11), name="new", n_mc=0)["table"]["score"].to_numpy()
+    assert seen == {"labelled": False}
+    assert not np.array_equal(st, plain)
+    np.testing.assert_allclose(np.sort(st), np.sort(plain), rtol=1e-6)

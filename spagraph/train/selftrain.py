@@ -178,4 +178,5 @@ def self_train_scores(model, data: Data, s, seed: int = 0, info: dict | None = N
             info["labels"], info["mask"] = labels, mask
     if info is not None:
         info["rounds"] = rounds
-    return 1.0 / (1.0 + np.exp(-rank_map(current, z0)))
+    # the model's own logits re-ordered (float32, as predict_scores computes them): the same values
+    return torch.sigmoid(torch.from_numpy(rank_map(current, z0)).float()).numpy().astype(np.float64)
