@@ -124,6 +124,8 @@ def test_runner_self_trains_the_test_slice_label_free_and_leaves_validation_alon
             "model": {"hidden": 8, "heads": 2, "contrastive_weight": 0.0, "linear_path": True, "linear_fit": "prior"},
             "train": {"epochs": 2, "min_epochs": 1, "self_train_rounds": 1, "self_train_epochs": 20}}
     cfg = validate_config(base)
+    with pytest.raises(ValueError, match="model_type 'spagraph'"):
+        validate_config({**base, "model_type": "baseline", "baseline": {"kind": "logreg"}})
     off = validate_config({**base, "train": {"epochs": 2, "min_epochs": 1}})
     assert off.config_hash() == validate_config({**base, "train": {"epochs": 2, "min_epochs": 1,
                                                                   "self_train_epochs": 100}}).config_hash()

@@ -344,6 +344,13 @@ class ExperimentConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _self_train_where(self):
+        if self.train.self_train_rounds > 0 and self.model_type != "spagraph":
+            raise ValueError("train.self_train_rounds self-trains spagraph's graph network on each test slice: it needs "
+                             f"model_type 'spagraph', got {self.model_type!r}")
+        return self
+
+    @model_validator(mode="after")
     def _smoothing_needs_edges(self):
         if self.model_type == "spagraph" and self.model.feature_smoothing > 0 and self.graph.feature_knn == 0:
             raise ValueError(f"model.feature_smoothing = {self.model.feature_smoothing} smooths scores over the "
