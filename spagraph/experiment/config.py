@@ -30,7 +30,9 @@ RETIRED = {"train": {"val_smoothing": 1, "focal_gamma": 0.0}, "model": {"feature
 # Keys added later: left out of the config hash while at their default, so runs and saved models
 # from before they existed keep their hash (resume, suite reuse and load_model checks).
 ADDED_LATER = {"train": {"orient_augment": False, "prior_rule_se": "hanley_mcneil", "tiles_per_step": 0,
-                         "coral_weight": 0.0},
+                         "coral_weight": 0.0, "self_train_rounds": 0, "self_train_epochs": 100,
+                         "self_train_lr": 1e-3, "self_train_confidence": 0.9, "self_train_consistency": 1.0,
+                         "self_train_blend": 0.5},
                "model": {"hidden_norm": "layer", "msfa_input": "hidden", "token_norm": False}}
 
 
@@ -206,6 +208,15 @@ class TrainConfig(_Strict):
     # > 0: deep-CORAL term aligning the fused hidden features of the test slice (labels stripped) with the
     # training spots' (spagraph/train/adapt.py)
     coral_weight: float = Field(0.0, ge=0)
+    # >= 1: transductive self-training on each test slice (labels stripped) after the fit: rounds of
+    # pseudo-labels from the scores + a graph network fitted on that slice alone with a graph-
+    # consistency term (spagraph/train/selftrain.py, where the defaults below are argued); 0 = off
+    self_train_rounds: int = Field(0, ge=0)
+    self_train_epochs: int = Field(100, ge=1)          # full-slice steps per round
+    self_train_lr: float = Field(1e-3, gt=0)
+    self_train_confidence: float = Field(0.9, gt=0.5, lt=1)   # pseudo-label: neighbour-averaged mixture posterior
+    self_train_consistency: float = Field(1.0, ge=0)   # weight of the neighbour-agreement term
+    self_train_blend: float = Field(0.5, ge=0, le=1)   # weight of the slice's own fit in the new ranking
     seeds: list[int] = Field(default_factory=lambda: [0])
 
     @field_validator("seeds")
@@ -336,6 +347,13 @@ class ExperimentConfig(_Strict):
             if self.nested is not None:
                 raise ValueError("pretrain.enabled is not supported with nested: (inner folds would need "
                                  "their own pretraining); run it with the plain protocol")
+        return self
+
+    @model_validator(mode="after")
+    def _self_train_where(self):
+        if self.train.self_train_rounds > 0 and self.model_type != "spagraph":
+            raise ValueError("train.self_train_rounds self-trains spagraph's graph network on each test slice: it needs "
+                             f"model_type 'spagraph', got {self.model_type!r}")
         return self
 
     @model_validator(mode="after")
