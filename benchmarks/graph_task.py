@@ -15,7 +15,13 @@ TOKEN_MODEL / TOKEN_TRAIN (scale tokens from the input embeddings, layer-normali
 200 epochs). Rows: the linear floor, spagraph, - MSFA, no cross-attention, "post-norm only" (the
 cross-attention model with the attention outputs zeroed: the same per-token LayerNorm after the
 fusion, no attention; the fairness control) and "default tokens" (spagraph with the scale tokens of
-the default model: MSFA over the activated hidden spots, no token norm).
+the default model: MSFA over the activated hidden spots, no token norm). ``--direction-weight w``
+(default 0: the task above) adds the direction term of ``token_task_slice`` (w times C at the +x
+neighbour minus C at the -x neighbour), and the "no direction bins" row (the same slices as graphs with
+one direction sector, TOKEN_MODEL) runs; at w = 0 it is skipped (the task is isotropic).
+
+    python benchmarks/graph_task.py --task tokens --direction-weight 0.5 --seeds 0 1 2 --only \
+        "logistic regression (smoothed)" spagraph "- MSFA" "no direction bins" "no cross-attention"
 """
 from __future__ import annotations
 
@@ -26,10 +32,11 @@ import numpy as np
 
 VARIANTS = {"spagraph": ({}, 8), "- MSFA": ({"msfa": False}, 8), "no direction bins": ({}, 1),
             "no cross-attention": ({"cross_attention": False}, 8)}
-# --task tokens: (model overrides of TOKEN_MODEL, zero the attention outputs)
-TOKEN_VARIANTS = {"spagraph": ({}, False), "- MSFA": ({"msfa": False}, False),
-                  "no cross-attention": ({"cross_attention": False}, False), "post-norm only": ({}, True),
-                  "default tokens": ({"msfa_input": "hidden", "token_norm": False}, False)}
+# --task tokens: (model overrides of TOKEN_MODEL, zero the attention outputs, direction bins)
+TOKEN_VARIANTS = {"spagraph": ({}, False, 8), "- MSFA": ({"msfa": False}, False, 8),
+                  "no direction bins": ({}, False, 1),
+                  "no cross-attention": ({"cross_attention": False}, False, 8), "post-norm only": ({}, True, 8),
+                  "default tokens": ({"msfa_input": "hidden", "token_norm": False}, False, 8)}
 
 
 def _attention_off():
@@ -67,14 +74,20 @@ def tokens_main(a) -> None:
 
     def auc(g, s):
         return binary_metrics(g.y.numpy().astype(int), np.asarray(s), 0.5)["auc"]
-    gs = token_task_graphs(a.n_train + 1 + a.n_test, a.n_spots, seed=a.data_seed)
-    train, val, test = gs[:a.n_train], [gs[a.n_train]], gs[a.n_train + 1:]
+    def split(bins):
+        gs = token_task_graphs(a.n_train + 1 + a.n_test, a.n_spots, seed=a.data_seed, n_dir_bins=bins,
+                               direction_weight=a.direction_weight)
+        return gs[:a.n_train], [gs[a.n_train]], gs[a.n_train + 1:]
+    splits = {8: split(8)}
     print(f"| model | seed | mean test AUC ({a.n_test} slices) | SE over slices | best epoch | seconds |")
     print("|---|---|---|---|---|---|")
     summary = {}
-    for name, (over, off) in {"logistic regression (smoothed)": (None, False), **TOKEN_VARIANTS}.items():
-        if a.only and name not in a.only:
+    for name, (over, off, bins) in {"logistic regression (smoothed)": (None, False, 8), **TOKEN_VARIANTS}.items():
+        if (a.only and name not in a.only) or (bins == 1 and not a.direction_weight):
             continue
+        if bins not in splits:
+            splits[bins] = split(bins)
+        train, val, test = splits[bins]
         for seed in ([0] if over is None else a.seeds):
             t = time.time()
             if over is None:
@@ -108,6 +121,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="variants to run (default: all)")
     ap.add_argument("--lr", type=float, default=TASK_TRAIN["lr"])
     ap.add_argument("--epochs", type=int, default=TASK_TRAIN["epochs"], help="also the patience")
+    ap.add_argument("--direction-weight", type=float, default=0.0,
+                    help="--task tokens: weight of the direction term (token_task_slice direction_weight)")
     ap.add_argument("--task", choices=["patches", "tokens"], default="patches",
                     help="patches: graph_task_slice (default); tokens: token_task_slice (--noise, --height, "
                          "--c-noise, --lr and --epochs do not apply)")

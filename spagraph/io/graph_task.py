@@ -138,7 +138,7 @@ def smoothed_logreg_scores(train: list, test: list, C: float = 1.0) -> list:
 
 
 def token_task_slice(n_spots: int = 400, seed: int = 0, label_noise: float = 0.3, terms: tuple[int, ...] = (0, 1, 2),
-                     product: bool = True) -> ad.AnnData:
+                     product: bool = True, direction_weight: float = 0.0) -> ad.AnnData:
     """A sibling task on which a label needs products of *matching* image and gene tokens.
 
     Every spot draws two gene columns ``g`` and two image columns ``i``, i.i.d. N(0, 1), on the
@@ -159,7 +159,26 @@ def token_task_slice(n_spots: int = 400, seed: int = 0, label_noise: float = 0.3
     Diagnostic variants (benchmarks/xattn_probe.py ``--parts diagnose``): ``terms`` the tokens whose
     products enter the label (e.g. ``(1,)``: the ring's only); ``product=False``: the label is the
     sign of the standardised gene column 0 summed over ``terms`` (a linear signal). The columns are
-    the same for every variant of a seed."""
+    the same for every variant of a seed.
+
+    ``direction_weight`` w > 0 adds a direction term (so that "no direction bins" loses on this task
+    too): a third gene column ``C``, i.i.d. N(0, 1) per spot (drawn from its own generator, so ``g``,
+    ``i`` and the label noise are those of ``w = 0``), and ``w * (C(+x) - C(-x))`` added to the label's
+    latent sum before the noise, with ``C(+x)`` / ``C(-x)`` the mean of C over the spot's scale-1
+    neighbours in direction sector 0 / 4 of 8 (on the hex grid exactly the neighbour at +x / -x; 0
+    where there is none, at the slice's left and right edges). Why isotropic statistics cannot use
+    it: reflecting all columns about the vertical line through a spot maps the hex lattice to itself
+    (rows of either parity), keeps the distribution of the i.i.d. columns, keeps the product sum
+    (means over the spot, ring and shell are mirror invariant) and the label noise, and negates the
+    direction term; every isotropic feature at that spot (a column's own value, its disc means, any
+    stack of direction-blind neighbour means of nonlinear features) is unchanged. So given those
+    features the direction term is as likely +d as -d: its sign, which is what moves the label, is
+    invisible without direction sectors (a model may at most learn its size). For a linear score it
+    is exact in a stronger sense: C(+x) - C(-x) is independent of C(+x) + C(-x) and of every other C
+    value (Gaussian, uncorrelated), so a linear score of C and its disc means is independent of the
+    label, and the negation argument above still holds for ``g`` and ``i`` (the direction term does not
+    involve them), so logistic regression stays at chance. With w > 0 ``obsm["gene_emb"]`` is (n, 3),
+    columns [g0, g1, C]."""
     from scipy.sparse import csr_matrix
     from spagraph.graph.neighbours import multiscale_edges
     rng = np.random.default_rng(seed)
@@ -178,7 +197,19 @@ def token_task_slice(n_spots: int = 400, seed: int = 0, label_noise: float = 0.3
         mg, mi = (m / m.std(0) for m in means[t])
         z = z + ((mg * mi).sum(1) if product else mg[:, 0])
     z = z / np.sqrt((2 if product else 1) * len(terms))
-    y = (z + label_noise * rng.normal(size=n_spots) > 0).astype(int)
+    noise = label_noise * rng.normal(size=n_spots)
+    if direction_weight:
+        cc = np.random.default_rng([seed, 7]).normal(size=n_spots)
+        (e,) = multiscale_edges(pos, [1.0], n_bins=8, pitch=1.0, shells=True)
+        src, dst = e["edge_index"]
+        d = np.zeros(n_spots)
+        for sector, sign in ((0, 1.0), (4, -1.0)):
+            k = e["dir"] == sector
+            w = csr_matrix((np.ones(k.sum()), (dst[k], src[k])), shape=(n_spots, n_spots))
+            d += sign * np.asarray(csr_matrix(w.multiply(1.0 / np.maximum(w.sum(1), 1))) @ cc).ravel()
+        z = z + direction_weight * d
+        g = np.c_[g, cc]
+    y = (z + noise > 0).astype(int)
     obs = pd.DataFrame({"cancer": pd.array(y, dtype="Int8")}, index=pd.Index([f"t{seed}_{i}" for i in range(n_spots)]))
     out = ad.AnnData(np.zeros((n_spots, 1), np.float32), obs=obs)
     out.obsm["spatial"] = pos * 100.0
@@ -186,11 +217,12 @@ def token_task_slice(n_spots: int = 400, seed: int = 0, label_noise: float = 0.3
     return out
 
 
-def token_task_graphs(n_slices: int = 12, n_spots: int = 400, seed: int = 10, **kw) -> list:
+def token_task_graphs(n_slices: int = 12, n_spots: int = 400, seed: int = 10, n_dir_bins: int = 8, **kw) -> list:
     """``n_slices`` slices of :func:`token_task_slice` (seeds ``seed``, ``seed + 1``, ...) as slice
-    graphs with the scales the label is built on (``[1, 2]``, shells, 8 direction bins)."""
+    graphs with the scales the label is built on (``[1, 2]``, shells, ``n_dir_bins`` direction bins:
+    8, or 1 for the "no direction bins" ablation)."""
     from spagraph.graph import GraphSettings, build_slice_graph
-    gs = GraphSettings(scales=[1.0, 2.0], n_dir_bins=8, shells=True)
+    gs = GraphSettings(scales=[1.0, 2.0], n_dir_bins=n_dir_bins, shells=True)
     return [build_slice_graph(token_task_slice(n_spots, seed + i, **kw), gs, name=f"tokens{seed + i}")
             for i in range(n_slices)]
 
