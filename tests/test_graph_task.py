@@ -129,3 +129,29 @@ def test_token_task_tokens_are_independent_and_the_label_needs_them():
         z = z + (mg / mg.std(0) * (mi / mi.std(0))).sum(1)
     assert _auc_np(y, z) > 0.93                      # label noise 0.3 against a unit-variance sum
     assert (token_task_slice(400, seed=3, label_noise=0.0).obs["cancer"].to_numpy().astype(int) == (z > 0)).mean() > 0.999
+
+
+def test_token_task_direction_term_is_only_in_the_direction_sectors():
+    from spagraph.io.graph_task import token_task_slice
+    base = token_task_slice(400, seed=3, label_noise=0.0)
+    a = token_task_slice(400, seed=3, direction_weight=0.5, label_noise=0.0)
+    assert np.array_equal(a.obsm["gene_emb"][:, :2], base.obsm["gene_emb"])       # w = 0 columns kept
+    assert np.array_equal(a.obsm["img_emb"], base.obsm["img_emb"])
+    y = a.obs["cancer"].to_numpy().astype(int)
+    pos = a.obsm["spatial"] / 100.0
+    g, im = a.obsm["gene_emb"][:, :2].astype(float), a.obsm["img_emb"].astype(float)
+    c = a.obsm["gene_emb"][:, 2].astype(float)
+    off = pos[None] - pos[:, None]                                   # off[i, j]: j's offset from i
+    d = np.sqrt((off ** 2).sum(2))
+    z = 0.0
+    for ring in (d < 0.1, (d > 0.1) & (d < 1.1), (d > 1.1) & (d < 2.2)):
+        w = ring / ring.sum(1, keepdims=True)
+        mg, mi = w @ g, w @ im
+        z = z + (mg / mg.std(0) * (mi / mi.std(0))).sum(1)
+    same_row = np.abs(off[..., 1]) < 1e-6
+    step = (same_row & (np.abs(off[..., 0] - 1) < 1e-6)) @ c - (same_row & (np.abs(off[..., 0] + 1) < 1e-6)) @ c
+    assert (y == (z / np.sqrt(6) + 0.5 * step > 0)).mean() > 0.999   # recomputed from dense distances
+    assert _auc_np(y, step) > 0.7                                   # C(+x) - C(-x) carries the label ...
+    near = (d > 0.1) & (d < 1.1)
+    for iso in (c, near @ c / near.sum(1), (d < 2.2) @ c):          # ... C's isotropic statistics do not
+        assert abs(_auc_np(y, iso) - 0.5) < 0.08
