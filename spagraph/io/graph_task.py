@@ -50,7 +50,9 @@ here (+x versus -x), so ``train.orient_augment`` must stay off on this task.
 
 :func:`token_task_slice` is a sibling task for the fusion: a spot label made of products of matching
 gene and image tokens (the spot, its ring, its shell), which cross-attention learns and pooled
-concatenation does not (with ``TOKEN_MODEL`` / ``TOKEN_TRAIN``).
+concatenation does not (with ``TOKEN_MODEL`` / ``TOKEN_TRAIN``). With ``direction_weight`` > 0 it also carries a
+direction term (a gene column at the +x neighbour minus the -x neighbour), so that "- MSFA", "no
+direction bins" and "no cross-attention" each lose on one task.
 """
 from __future__ import annotations
 
