@@ -64,6 +64,15 @@ VARIANTS = {
     # folds train on 5 sections, so the combo would need its own 8 pretrainings (a separate
     # encoder per fold) in the session's CPU budget; it is measured alone as ``pretrain``.
     "combo": {"protocol.n_val": 2, "model.hidden_norm": "slice", "train.orient_augment": True},
+    # fixed a priori (2026-11-30 13:45 UTC, before any dann / mmd number on a her2st section):
+    # weight 1 for both, the scale of the coral variant's term (alignment counts as much as the
+    # class loss, no tuning on test sections). dann: Ganin & Lempitsky's ceiling lambda = 1 with
+    # their ramp 2 / (1 + exp(-10 p)) - 1 over train.epochs (60); the discriminator (one hidden
+    # layer of the features' width) tells the 6 training sections and the test section apart,
+    # trained with the model's AdamW settings. mmd: Gaussian kernel at the median-heuristic
+    # bandwidth, DAN's weight 1, between the step's training spots and the test section.
+    "dann": {"train.adversarial_weight": 1.0},
+    "mmd": {"train.mmd_weight": 1.0},
 }
 
 
@@ -79,13 +88,13 @@ def fit_all_ways(cfg, graphs, fold, seed: int, pretrained: dict | None = None) -
     the fold's test slice."""
     import torch
     from spagraph.experiment.runner import model_settings, train_settings
-    from spagraph.train.adapt import strip_labels
+    from spagraph.train.adapt import strip_labels, uses_target
     from spagraph.train.fit import (build_model, positive_weight, predict_scores, prefer_prior, prior_candidate,
                                     spagraph_steps, start_state, train_loop, validation_auc)
     s, ms = train_settings(cfg), model_settings(cfg)
     tr, va = [graphs[n] for n in fold.train], [graphs[n] for n in fold.val]
     test = graphs[fold.test[0]]
-    target = [strip_labels(test)] if s.coral_weight > 0 else None
+    target = [strip_labels(test)] if uses_target(s) else None
     model = build_model(tr, ms, s, seed)
     if pretrained is not None:   # as fit() does: the self-supervised gene stream, then the rest as before
         from spagraph.pretrain.ssl import load_pretrained
