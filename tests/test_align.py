@@ -102,3 +102,19 @@ def test_slice_discriminator_shapes_and_reset():
     torch.manual_seed(3)
     d.reset_parameters()
     assert any(not torch.equal(a, b) for a, b in zip(before, d.parameters()))
+
+
+def test_a_resumed_adversarial_fit_goes_on_as_the_uninterrupted_one():
+    """The discriminator, its optimiser and the ramp travel in the training checkpoint."""
+    import copy
+    train, val, test = [_graph(0), _graph(1)], [_graph(2)], _graph(3, shift=0.7)
+    ms = ModelSettings(hidden=8, heads=2, contrastive_weight=0.0)
+    ts = TrainSettings(adversarial_weight=1.0, epochs=4, min_epochs=4, patience=5, lr=1e-2, one_se_rule=False)
+    states = {}
+    ref = fit(train, val, ms, ts, seed=0, target=[strip_labels(test)],
+              on_epoch=lambda e, rec, state_fn: states.__setitem__(e, copy.deepcopy(state_fn())))
+    assert states[1]["align"]["epoch"] == 1 and "disc" in states[1]["align"]
+    resumed = fit(train, val, ms, ts, seed=0, target=[strip_labels(test)], init_state=copy.deepcopy(states[1]))
+    assert resumed.history == ref.history
+    for k, v in ref.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k

@@ -167,9 +167,10 @@ class Alignment:
       discriminator learns to tell the slices apart and the model to make them
       indistinguishable. It has its own AdamW (the model's ``lr`` and ``weight_decay``; gradient
       norm clipped like the model's), stepped by :meth:`after_step` after the model's step. It
-      is not a part of the model: it never enters a state dict, a checkpoint or a saved model
-      (a resumed fit starts a fresh discriminator and ramp). Its initial weights come from
-      ``seed`` alone (the global random stream is left untouched).
+      is not a part of the model: it never enters the model's state dict or a saved model; a
+      training checkpoint carries it (:meth:`state_dict`, key ``align``) so a resumed fit goes on
+      as the uninterrupted one. Its initial weights come from ``seed`` alone (the global random
+      stream is left untouched).
     """
 
     def __init__(self, s, n_train: int, n_target: int, seed: int):
@@ -217,6 +218,24 @@ class Alignment:
             total = total + s.adversarial_weight * a
             parts["disc_ce"], parts["reversal"] = float(a.detach()), lam
         return total, parts
+
+    def state_dict(self) -> dict:
+        """What a training checkpoint needs to continue: the epoch count and, once it exists, the
+        discriminator's width, weights and optimiser state."""
+        out = {"epoch": self.epoch, "d": None}
+        if self.disc is not None:
+            out.update(d=self.disc.net[0].in_features, disc=self.disc.state_dict(), opt=self.opt.state_dict())
+        return out
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """Continue from :meth:`state_dict`'s dict (``None``: from the start)."""
+        if state is None:
+            return
+        self.epoch = int(state["epoch"])
+        if state.get("d") is not None:
+            self._discriminator(int(state["d"]), "cpu")
+            self.disc.load_state_dict(state["disc"])
+            self.opt.load_state_dict(state["opt"])
 
     def after_step(self) -> None:
         """The discriminator's optimiser step (after the model's ``backward``), then its

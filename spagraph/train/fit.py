@@ -421,6 +421,7 @@ def spagraph_steps(model: SpaGraphNet, train: list[Data], s: TrainSettings, pos_
             yield total, parts
             if align:
                 align.after_step()
+    steps.align = align   # its state travels in training checkpoints (fit)
     return steps
 
 
@@ -454,13 +455,21 @@ def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: Tr
     elif has_prior(model_settings) and val:
         prior_candidate(model, val, s, state)
 
+    steps = spagraph_steps(model, train, s, pos_weight, state.gen, target)
+    if steps.align is not None and init_state is not None:   # the adversarial discriminator, ramp
+        steps.align.load_state_dict(init_state.get("align"))
+
+    def checkpoint(epoch: int) -> dict:
+        out = checkpoint_state(state, model, opt, epoch)
+        return out if steps.align is None else out | {"align": steps.align.state_dict()}
+
     def after_epoch(epoch: int, rec: dict) -> None:
         if progress is not None:
             progress(epoch, rec)
         if on_epoch is not None:
-            on_epoch(epoch, rec, lambda: checkpoint_state(state, model, opt, epoch))
+            on_epoch(epoch, rec, lambda: checkpoint(epoch))
 
-    train_loop(model, opt, state, s.epochs, spagraph_steps(model, train, s, pos_weight, state.gen, target),
+    train_loop(model, opt, state, s.epochs, steps,
                (lambda m: validation_auc(m, val, s)) if val else (lambda m: None), after_epoch)
     kept = s.one_se_rule and prefer_prior(state, val, model, s)
     state.stop.restore_best(model)
