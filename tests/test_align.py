@@ -118,3 +118,15 @@ def test_a_resumed_adversarial_fit_goes_on_as_the_uninterrupted_one():
     assert resumed.history == ref.history
     for k, v in ref.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+def test_the_new_weights_leave_config_hashes_alone_at_their_default():
+    from spagraph.experiment.config import validate_config
+    d = {"data": {"sources": [{"reader": "synthetic"}]}, "train": {"epochs": 2}}
+    h = validate_config(d).config_hash()
+    zero = validate_config({**d, "train": {"epochs": 2, "mmd_weight": 0.0, "adversarial_weight": 0.0}})
+    assert zero.config_hash() == h
+    for key in ("mmd_weight", "adversarial_weight"):
+        assert validate_config({**d, "train": {"epochs": 2, key: 0.5}}).config_hash() != h
+    with pytest.raises(ValueError):
+        validate_config({**d, "train": {"adversarial_weight": -1.0}})
