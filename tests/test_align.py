@@ -126,7 +126,7 @@ def test_the_new_weights_leave_config_hashes_alone_at_their_default():
     h = validate_config(d).config_hash()
     zero = validate_config({**d, "train": {"epochs": 2, "mmd_weight": 0.0, "adversarial_weight": 0.0}})
     assert zero.config_hash() == h
-    for key in ("mmd_weight", "adversarial_weight"):
+    for key in ("mmd_weight", "adversarial_weight", "adversarial_lr_scale"):
         assert validate_config({**d, "train": {"epochs": 2, key: 0.5}}).config_hash() != h
     with pytest.raises(ValueError):
         validate_config({**d, "train": {"adversarial_weight": -1.0}})

@@ -30,7 +30,8 @@ RETIRED = {"train": {"val_smoothing": 1, "focal_gamma": 0.0}, "model": {"feature
 # Keys added later: left out of the config hash while at their default, so runs and saved models
 # from before they existed keep their hash (resume, suite reuse and load_model checks).
 ADDED_LATER = {"train": {"orient_augment": False, "prior_rule_se": "hanley_mcneil", "tiles_per_step": 0,
-                         "coral_weight": 0.0, "mmd_weight": 0.0, "adversarial_weight": 0.0},
+                         "coral_weight": 0.0, "mmd_weight": 0.0, "adversarial_weight": 0.0,
+                         "adversarial_lr_scale": 1.0},
                "model": {"hidden_norm": "layer"}}
 
 
@@ -205,6 +206,7 @@ class TrainConfig(_Strict):
     # > 0: a slice discriminator on those features behind a gradient-reversal layer (DANN, Ganin-Lempitsky
     # ramp-up of the reversal over train.epochs); the model learns to make the slices indistinguishable
     adversarial_weight: float = Field(0.0, ge=0)
+    adversarial_lr_scale: float = Field(1.0, gt=0)   # the discriminator's learning rate / train.lr
     seeds: list[int] = Field(default_factory=lambda: [0])
 
     @field_validator("seeds")

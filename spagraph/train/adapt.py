@@ -165,8 +165,8 @@ class Alignment:
       mean over the step's training spots and the mean over the target spots, averaged, so
       the two sides weigh the same) is added with weight ``s.adversarial_weight``. The
       discriminator learns to tell the slices apart and the model to make them
-      indistinguishable. It has its own AdamW (the model's ``lr`` and ``weight_decay``; gradient
-      norm clipped like the model's), stepped by :meth:`after_step` after the model's step. It
+      indistinguishable. It has its own AdamW (learning rate ``s.lr * s.adversarial_lr_scale``,
+      the model's ``weight_decay``; gradient norm clipped like the model's), stepped by :meth:`after_step` after the model's step. It
       is not a part of the model: it never enters the model's state dict or a saved model; a
       training checkpoint carries it (:meth:`state_dict`, key ``align``) so a resumed fit goes on
       as the uninterrupted one. Its initial weights come from ``seed`` alone (the global random
@@ -191,7 +191,8 @@ class Alignment:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed + 7919)   # its own stream, fixed by the fit's seed
                 self.disc = SliceDiscriminator(d, self.n_train + self.n_target).to(device)
-            self.opt = torch.optim.AdamW(self.disc.parameters(), lr=self.s.lr, weight_decay=self.s.weight_decay)
+            self.opt = torch.optim.AdamW(self.disc.parameters(), lr=self.s.lr * self.s.adversarial_lr_scale,
+                                         weight_decay=self.s.weight_decay)
         return self.disc
 
     def loss(self, h_src: Tensor, src_slice: Tensor, h_tgt: Tensor, tgt_index: int,
