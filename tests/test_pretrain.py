@@ -190,6 +190,33 @@ def test_pretraining_cache_is_keyed_by_content(tmp_path, monkeypatch, one_thread
     assert all(torch.equal(a["state"][k], c["state"][k]) for k in a["state"])
 
 
+def test_cache_key_ignores_what_the_stream_does_not_read(tmp_path):
+    """The prior's C and smoothing (chosen per fold) do not force a new pretraining; a stream
+    setting does; and STREAM_FIELDS is exactly what ``_Stream`` reads from the settings."""
+    from spagraph.graph import GraphSettings, build_slice_graph
+    from spagraph.nn.model import _Stream
+    cfg = _cfg(_fake_pool(tmp_path))
+    a = _slice("A2", 3)
+    a.obsm["gene_emb"] = np.asarray(_encoder().transform(a), dtype=np.float32)
+    graphs = {"A2": build_slice_graph(a, GraphSettings(scales=[1.0, 2.0], n_dir_bins=4), label_key="__none__", name="A2")}
+    key = lambda ms: ssl.content_key(graphs, ms, cfg.pretrain, cfg.graph)
+    base = key(cfg.model)
+    assert key(cfg.model.model_copy(update={"linear_C": 3.0, "feature_smoothing": 0.5, "heads": 4})) == base
+    assert key(cfg.model.model_copy(update={"hidden": 16})) != base
+    assert key(cfg.model.model_copy(update={"n_modes": 3})) != base
+
+    class Spy:
+        def __init__(self, s):
+            self.s, self.read = s, set()
+
+        def __getattr__(self, k):
+            self.read.add(k)
+            return getattr(self.s, k)
+    spy = Spy(cfg.model)
+    _Stream(6, spy, 2, 4)
+    assert spy.read == set(ssl.STREAM_FIELDS)
+
+
 def test_pretrain_config_defaults_off_and_checked(tmp_path):
     from spagraph.experiment.config import ConfigError, ExperimentConfig
     base = {"data": {"sources": [{"reader": "synthetic"}]}}

@@ -168,12 +168,20 @@ def load_pretrained(model, state: dict) -> None:
 _CACHE: dict[str, dict] = {}
 
 
+# the model settings the gene stream (``_Stream``) is built from: the only ones pretraining reads
+# (the prior's C and smoothing, the head, fusion and loss weights do not change the pretrained
+# weights, so they stay out of the cache key; tests/test_pretrain.py checks the list against
+# what ``_Stream`` actually reads)
+STREAM_FIELDS = ("hidden", "hidden_norm", "input_dropout", "dropout", "msfa", "n_modes")
+
+
 def content_key(sections: dict[str, Data], settings: ModelSettings, pt, graph_settings) -> str:
     """Hash of everything the pretrained weights depend on: the pool sections' names and gene
-    embeddings (which carry the fold's gene encoder), their edges, the model, graph and pretrain
-    settings, and :data:`VERSION`."""
+    embeddings (which carry the fold's gene encoder), their edges, the stream's model settings
+    (:data:`STREAM_FIELDS`), the graph and pretrain settings, and :data:`VERSION`."""
     h = hashlib.sha256()
-    meta = {"v": VERSION, "model": settings.model_dump(mode="json"), "graph": graph_settings.model_dump(mode="json"),
+    model = {k: v for k, v in settings.model_dump(mode="json").items() if k in STREAM_FIELDS}
+    meta = {"v": VERSION, "model": model, "graph": graph_settings.model_dump(mode="json"),
             "pretrain": {k: v for k, v in pt.model_dump(mode="json").items() if k not in ("cache_dir", "enabled")}}
     h.update(json.dumps(meta, sort_keys=True).encode())
     for name in sorted(sections):
