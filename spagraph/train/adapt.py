@@ -178,6 +178,7 @@ class Alignment:
         self.disc: SliceDiscriminator | None = None
         self.opt: torch.optim.Optimizer | None = None
         self.epoch = -1
+        self._pending: dict | None = None   # a checkpoint's discriminator, loaded once its device is known
 
     def start_epoch(self) -> None:
         self.epoch += 1
@@ -193,6 +194,10 @@ class Alignment:
                 self.disc = SliceDiscriminator(d, self.n_train + self.n_target).to(device)
             self.opt = torch.optim.AdamW(self.disc.parameters(), lr=self.s.lr * self.s.adversarial_lr_scale,
                                          weight_decay=self.s.weight_decay)
+            if self._pending is not None:   # resumed: the checkpoint's weights and optimiser state, on this device
+                self.disc.load_state_dict(self._pending["disc"])
+                self.opt.load_state_dict(self._pending["opt"])
+                self._pending = None
         return self.disc
 
     def loss(self, h_src: Tensor, src_slice: Tensor, h_tgt: Tensor, tgt_index: int,
@@ -226,6 +231,8 @@ class Alignment:
         out = {"epoch": self.epoch, "d": None}
         if self.disc is not None:
             out.update(d=self.disc.net[0].in_features, disc=self.disc.state_dict(), opt=self.opt.state_dict())
+        elif self._pending is not None:
+            out.update(self._pending)
         return out
 
     def load_state_dict(self, state: dict | None) -> None:
@@ -233,10 +240,8 @@ class Alignment:
         if state is None:
             return
         self.epoch = int(state["epoch"])
-        if state.get("d") is not None:
-            self._discriminator(int(state["d"]), "cpu")
-            self.disc.load_state_dict(state["disc"])
-            self.opt.load_state_dict(state["opt"])
+        self.disc, self.opt = None, None
+        self._pending = {k: state[k] for k in ("d", "disc", "opt")} if state.get("d") is not None else None
 
     def after_step(self) -> None:
         """The discriminator's optimiser step (after the model's ``backward``), then its
