@@ -79,6 +79,11 @@ VARIANTS = {
     # slice information. Same term with the discriminator's learning rate x10 (3e-3, the lr x10
     # variant's value); seen dann test numbers: deep equal to the prior to 3-4 decimals.
     "dann_d10": {"train.adversarial_weight": 1.0, "train.adversarial_lr_scale": 10.0},
+    # added 2026-11-30 14:30 UTC after the dann / mmd / dann_d10 results (their deep model equals the
+    # prior: alignment acts from step 1 while the class loss, through the zero-initialised head,
+    # does not yet reach the features). A check of that reading, not a tuned setting: the mmd term
+    # with Ganin's ramp on its weight (0 in epoch 0, 0.85 by epoch 15), nothing else changed.
+    "mmd_ramp": {"train.mmd_weight": 1.0, "train.align_ramp": True},
 }
 
 

@@ -81,17 +81,22 @@ def test_each_term_changes_training_and_stays_out_of_the_model_state(term):
     assert not np.allclose(predict_scores(on.model, test), predict_scores(off.model, test))
 
 
-def test_the_reversal_reaches_the_features_only_after_the_ramp_starts(monkeypatch):
-    """In the first epoch the reversal scale is 0: the discriminator learns, the model's
-    features get no adversarial gradient, so a one-epoch fit equals one without the term
-    (without dropout no other draw differs: the discriminator has its own seeded stream)."""
+@pytest.mark.parametrize("term", [dict(adversarial_weight=1.0), dict(mmd_weight=1.0, align_ramp=True),
+                                  dict(coral_weight=1.0, align_ramp=True)])
+def test_the_ramped_terms_reach_the_features_only_after_the_ramp_starts(term):
+    """In the first epoch the reversal scale (and with ``align_ramp`` the CORAL / MMD weight) is
+    0: the discriminator learns, the model's features get no alignment gradient, so a one-epoch
+    fit equals one without the term (without dropout no other draw differs: the discriminator
+    has its own seeded stream); the second epoch differs."""
     train, val, test = [_graph(0), _graph(1)], [_graph(2)], _graph(3, shift=0.7)
     ms = ModelSettings(hidden=8, heads=2, contrastive_weight=0.0, dropout=0.0, input_dropout=0.0)
-    one = dict(epochs=1, min_epochs=1, patience=5, lr=1e-2)
-    on = fit(train, val, ms, TrainSettings(adversarial_weight=1.0, **one), seed=0, target=[strip_labels(test)])
-    off = fit(train, val, ms, TrainSettings(**one), seed=0, target=[strip_labels(test)])
-    assert on.history[-1]["reversal"] == 0.0 and on.history[-1]["disc_ce"] > 0
-    assert np.array_equal(predict_scores(on.model, test), predict_scores(off.model, test))
+    for epochs, same in ((1, True), (2, False)):
+        one = dict(epochs=epochs, min_epochs=epochs, patience=5, lr=1e-2)
+        on = fit(train, val, ms, TrainSettings(**term, **one), seed=0, target=[strip_labels(test)])
+        off = fit(train, val, ms, TrainSettings(**one), seed=0, target=[strip_labels(test)])
+        first = next(h for h in on.history if h["epoch"] == 0)
+        assert first.get("reversal", first.get("ramp")) == 0.0
+        assert np.array_equal(predict_scores(on.model, test), predict_scores(off.model, test)) == same
 
 
 def test_slice_discriminator_shapes_and_reset():
@@ -126,7 +131,7 @@ def test_the_new_weights_leave_config_hashes_alone_at_their_default():
     h = validate_config(d).config_hash()
     zero = validate_config({**d, "train": {"epochs": 2, "mmd_weight": 0.0, "adversarial_weight": 0.0}})
     assert zero.config_hash() == h
-    for key in ("mmd_weight", "adversarial_weight", "adversarial_lr_scale"):
-        assert validate_config({**d, "train": {"epochs": 2, key: 0.5}}).config_hash() != h
+    for key, v in (("mmd_weight", 0.5), ("adversarial_weight", 0.5), ("adversarial_lr_scale", 0.5), ("align_ramp", True)):
+        assert validate_config({**d, "train": {"epochs": 2, key: v}}).config_hash() != h
     with pytest.raises(ValueError):
         validate_config({**d, "train": {"adversarial_weight": -1.0}})

@@ -31,7 +31,7 @@ RETIRED = {"train": {"val_smoothing": 1, "focal_gamma": 0.0}, "model": {"feature
 # from before they existed keep their hash (resume, suite reuse and load_model checks).
 ADDED_LATER = {"train": {"orient_augment": False, "prior_rule_se": "hanley_mcneil", "tiles_per_step": 0,
                          "coral_weight": 0.0, "mmd_weight": 0.0, "adversarial_weight": 0.0,
-                         "adversarial_lr_scale": 1.0},
+                         "adversarial_lr_scale": 1.0, "align_ramp": False},
                "model": {"hidden_norm": "layer"}}
 
 
@@ -207,6 +207,7 @@ class TrainConfig(_Strict):
     # ramp-up of the reversal over train.epochs); the model learns to make the slices indistinguishable
     adversarial_weight: float = Field(0.0, ge=0)
     adversarial_lr_scale: float = Field(1.0, gt=0)   # the discriminator's learning rate / train.lr
+    align_ramp: bool = False   # CORAL and MMD weights follow the same ramp as the reversal (0 in epoch 0)
     seeds: list[int] = Field(default_factory=lambda: [0])
 
     @field_validator("seeds")

@@ -159,6 +159,8 @@ class Alignment:
 
     - CORAL (``s.coral_weight``): :func:`coral_loss`;
     - MMD (``s.mmd_weight``): :func:`mmd_loss`, at most :data:`MAX_MMD_SPOTS` spots per side;
+    - with ``s.align_ramp`` the CORAL and MMD weights are scaled by the same ramp as the reversal
+      (:func:`dann_ramp`: 0 in the first epoch, so the class loss shapes the features first);
     - adversarial (``s.adversarial_weight``, DANN): a :class:`SliceDiscriminator` over the
       training slices and the target slice(s) reads the features through
       :func:`reverse_gradient` with scale ``dann_ramp(epoch / s.epochs)``; its cross-entropy (the
@@ -207,12 +209,15 @@ class Alignment:
         (n_t, d) the target slice's, ``tgt_index`` which target slice it is."""
         s = self.s
         total, parts = h_src.sum() * 0, {}
+        ramp = self.reversal_scale if s.align_ramp else 1.0
         if s.coral_weight > 0:
             c = coral_loss(h_src, h_tgt)
-            total, parts["coral"] = total + s.coral_weight * c, float(c.detach())
+            total, parts["coral"] = total + ramp * s.coral_weight * c, float(c.detach())
         if s.mmd_weight > 0:
             m = mmd_loss(_subsample(h_src, MAX_MMD_SPOTS, gen), _subsample(h_tgt, MAX_MMD_SPOTS, gen))
-            total, parts["mmd"] = total + s.mmd_weight * m, float(m.detach())
+            total, parts["mmd"] = total + ramp * s.mmd_weight * m, float(m.detach())
+        if s.align_ramp:
+            parts["ramp"] = ramp
         if s.adversarial_weight > 0 and h_src.shape[0] > 0 and h_tgt.shape[0] > 0:
             disc = self._discriminator(h_src.shape[1], h_src.device)
             lam = self.reversal_scale
