@@ -25,7 +25,9 @@ Outputs ``OUT/records/<variant>_<X>_s<seed>.json`` (resumable) and ``OUT/summary
 table: per variant the mean test AUC of ``deep``, its paired difference from the baseline's
 ``deep`` and from the prior (mean +/- SE over sections, better / worse sections, Wilcoxon
 signed-rank p over sections; per-section DeLong p < 0.05 counts), and how often each rule kept
-the deep model.
+the deep model. The ``selftrain`` variant also scores X after transductive self-training
+(:mod:`spagraph.train.selftrain`, X's labels stripped) from the model the Hanley-McNeil rule keeps
+(``test_selftrain``), with its paired difference from the prior and from that kept model.
 
     OMP_NUM_THREADS=1 python benchmarks/deep_ideas.py experiments/her2st_loso.yaml \\
         --params-from RUN/nested --variants base orient --seeds 0 --out /tmp/deep_ideas
@@ -64,6 +66,10 @@ VARIANTS = {
     # folds train on 5 sections, so the combo would need its own 8 pretrainings (a separate
     # encoder per fold) in the session's CPU budget; it is measured alone as ``pretrain``.
     "combo": {"protocol.n_val": 2, "model.hidden_norm": "slice", "train.orient_augment": True},
+    # transductive self-training on the test slice (labels stripped), spagraph/train/selftrain.py: the
+    # base fit, then 2 rounds from the model the Hanley-McNeil rule keeps; every other self_train_*
+    # setting at its default, fixed a priori there (module text) before any test-section number
+    "selftrain": {"train.self_train_rounds": 2},
     # fixed a priori (2026-11-30 13:45 UTC, before any dann / mmd number on a her2st section):
     # weight 1 for both, the scale of the coral variant's term (alignment counts as much as the
     # class loss, no tuning on test sections). dann: Ganin & Lempitsky's ceiling lambda = 1 with
@@ -151,6 +157,17 @@ def fit_all_ways(cfg, graphs, fold, seed: int, pretrained: dict | None = None) -
     rec.update(test_prior=_auc(test, p_prior), test_deep=_auc(test, p_deep), delong_test_var=float(var))
     rec["test_sel_hanley_mcneil"] = rec["test_deep"] if rec["deep_kept_hanley_mcneil"] else rec["test_prior"]
     rec["test_sel_delong"] = rec["test_deep"] if rec["deep_kept_delong"] else rec["test_prior"]
+    if s.self_train_rounds > 0:   # self-training from the shipped (HM-rule) model; X's labels stripped
+        from spagraph.train.selftrain import self_train_scores
+        model.load_state_dict(state.stop.best_state if rec["deep_kept_hanley_mcneil"] else prior_state)
+        info: dict = {}
+        t0 = time.time()
+        p_st = self_train_scores(model, strip_labels(test), s, seed, info)
+        m = test.label_mask.numpy()
+        named = info["mask"] & m        # diagnosis only, after the fact: how right the last pseudo-labels were
+        rec.update(test_selftrain=_auc(test, p_st), selftrain_seconds=round(time.time() - t0, 1),
+                   selftrain_rounds=info["rounds"],
+                   pseudo_accuracy=float((info["labels"][named] == test.y.numpy()[named]).mean()) if named.any() else None)
     return rec
 
 
@@ -226,6 +243,16 @@ def summarise(records: list[dict], sections: list[str]) -> dict:
              "mean_fit_seconds": float(np.mean([r["fit_seconds"] for r in rs]))}
         if v != "base" and base:
             o["deep_vs_base_deep"] = paired(col("test_deep"), col("base_deep"))
+        if all("test_selftrain" in r for r in rs):
+            for t in ts:
+                rr = [r for r in rs if r["test"] == t]
+                sec[t]["test_selftrain"] = float(np.mean([r["test_selftrain"] for r in rr]))
+                acc = [r["pseudo_accuracy"] for r in rr if r.get("pseudo_accuracy") is not None]
+                sec[t]["pseudo_accuracy"] = float(np.mean(acc)) if acc else float("nan")
+            o["mean"]["test_selftrain"] = float(np.mean(col("test_selftrain")))
+            o["selftrain_vs_prior"] = paired(col("test_selftrain"), col("test_prior"))
+            o["selftrain_vs_sel_hm"] = paired(col("test_selftrain"), col("test_sel_hanley_mcneil"))
+            o["mean_selftrain_seconds"] = float(np.mean([r["selftrain_seconds"] for r in rs]))
         out[v] = o
     return out
 
@@ -250,6 +277,16 @@ def print_table(summary: dict) -> None:
         m = o["mean"]
         print(f"| {v} | {m['test_sel_hanley_mcneil']:.4f} | {f(o['sel_hm_vs_prior'])} | {m['test_sel_delong']:.4f} | "
               f"{f(o['sel_delong_vs_prior'])} | {f(o['delong_rule_vs_hm_rule'])} |")
+    for v, o in summary.items():
+        if "selftrain_vs_prior" in o:
+            print()
+            print("| variant | self-trained: mean AUC | Δ vs prior | Δ vs kept model (HM rule) | self-training s |")
+            print("|---|---|---|---|---|")
+            print(f"| {v} | {o['mean']['test_selftrain']:.4f} | {f(o['selftrain_vs_prior'])} | "
+                  f"{f(o['selftrain_vs_sel_hm'])} | {o['mean_selftrain_seconds']:.0f} |")
+            print(v, "self-trained / prior (last round's pseudo-label accuracy):",
+                  " ".join(f"{t}:{o['per_section'][t]['test_selftrain']:.3f}/{o['per_section'][t]['test_prior']:.3f}"
+                           f"({o['per_section'][t]['pseudo_accuracy']:.2f})" for t in o["sections"]))
     print()
     for v, o in summary.items():
         print(v, " ".join(f"{t}:{o['per_section'][t]['test_deep']:.3f}/{o['per_section'][t]['test_prior']:.3f}"

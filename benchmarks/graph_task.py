@@ -8,6 +8,14 @@ disc means, the features of spagraph's linear prior), spagraph, and its ablation
 (- MSFA: self token only; no direction bins: n_dir_bins 1; no cross-attention: concat fusion).
 
     python benchmarks/graph_task.py --seeds 0 1
+
+``--task tokens``: the sibling task :func:`spagraph.io.graph_task.token_task_slice` (spot label = sign
+of the products of matching gene / image tokens at the spot, its ring and its shell), with
+TOKEN_MODEL / TOKEN_TRAIN (scale tokens from the input embeddings, layer-normalised; lr 3e-3 for
+200 epochs). Rows: the linear floor, spagraph, - MSFA, no cross-attention, "post-norm only" (the
+cross-attention model with the attention outputs zeroed: the same per-token LayerNorm after the
+fusion, no attention; the fairness control) and "default tokens" (spagraph with the scale tokens of
+the default model: MSFA over the activated hidden spots, no token norm).
 """
 from __future__ import annotations
 
@@ -18,6 +26,68 @@ import numpy as np
 
 VARIANTS = {"spagraph": ({}, 8), "- MSFA": ({"msfa": False}, 8), "no direction bins": ({}, 1),
             "no cross-attention": ({"cross_attention": False}, 8)}
+# --task tokens: (model overrides of TOKEN_MODEL, zero the attention outputs)
+TOKEN_VARIANTS = {"spagraph": ({}, False), "- MSFA": ({"msfa": False}, False),
+                  "no cross-attention": ({"cross_attention": False}, False), "post-norm only": ({}, True),
+                  "default tokens": ({"msfa_input": "hidden", "token_norm": False}, False)}
+
+
+def _attention_off():
+    """Context: CrossModalFusion with its attention outputs zeroed (the post-attention LayerNorm
+    kept), for the "post-norm only" control: what cross-attention adds beyond that norm."""
+    import contextlib
+    from spagraph.nn import fusion
+
+    def zeroed(attn):
+        orig = attn.forward
+        return lambda *args, **kw: (orig(*args, **kw)[0] * 0.0, None)
+
+    @contextlib.contextmanager
+    def ctx():
+        init = fusion.CrossModalFusion.__init__
+
+        def patched(self, *args, **kw):
+            init(self, *args, **kw)
+            for attn in (self.img_from_gene, self.gene_from_img):   # not the per-modality encoders
+                attn.forward = zeroed(attn)
+        fusion.CrossModalFusion.__init__ = patched
+        try:
+            yield
+        finally:
+            fusion.CrossModalFusion.__init__ = init
+    return ctx()
+
+
+def tokens_main(a) -> None:
+    import contextlib
+    from spagraph.io.graph_task import TOKEN_MODEL, TOKEN_TRAIN, smoothed_logreg_scores, token_task_graphs
+    from spagraph.nn import ModelSettings
+    from spagraph.train.fit import TrainSettings, fit, predict_scores
+    from spagraph.train.metrics import binary_metrics
+
+    def auc(g, s):
+        return binary_metrics(g.y.numpy().astype(int), np.asarray(s), 0.5)["auc"]
+    gs = token_task_graphs(a.n_train + 1 + a.n_test, a.n_spots, seed=a.data_seed)
+    train, val, test = gs[:a.n_train], [gs[a.n_train]], gs[a.n_train + 1:]
+    print(f"| model | seed | mean test AUC ({a.n_test} slices) | SE over slices | best epoch | seconds |")
+    print("|---|---|---|---|---|---|")
+    summary = {}
+    for name, (over, off) in {"logistic regression (smoothed)": (None, False), **TOKEN_VARIANTS}.items():
+        if a.only and name not in a.only:
+            continue
+        for seed in ([0] if over is None else a.seeds):
+            t = time.time()
+            if over is None:
+                aucs, ep = [auc(g, s) for g, s in zip(test, smoothed_logreg_scores(train, test))], "-"
+            else:
+                with _attention_off() if off else contextlib.nullcontext():
+                    res = fit(train, val, ModelSettings(**(TOKEN_MODEL | over)), TrainSettings(**TOKEN_TRAIN), seed=seed)
+                    aucs, ep = [auc(g, predict_scores(res.model, g)) for g in test], res.best_epoch
+            m, se = float(np.mean(aucs)), float(np.std(aucs, ddof=1) / np.sqrt(len(aucs)))
+            summary.setdefault(name, []).append(m)
+            print(f"| {name} | {seed if over is not None else '-'} | {m:.3f} | {se:.3f} | {ep} | {time.time() - t:.0f} |",
+                  flush=True)
+    print("\nmean over seeds: " + ", ".join(f"{k} {np.mean(v):.3f}" for k, v in summary.items()))
 
 
 def main() -> None:
@@ -38,8 +108,13 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="variants to run (default: all)")
     ap.add_argument("--lr", type=float, default=TASK_TRAIN["lr"])
     ap.add_argument("--epochs", type=int, default=TASK_TRAIN["epochs"], help="also the patience")
+    ap.add_argument("--task", choices=["patches", "tokens"], default="patches",
+                    help="patches: graph_task_slice (default); tokens: token_task_slice (--noise, --height, "
+                         "--c-noise, --lr and --epochs do not apply)")
     a = ap.parse_args()
     torch.set_num_threads(1)
+    if a.task == "tokens":
+        return tokens_main(a)
     train_over = {"lr": a.lr, "epochs": a.epochs, "patience": a.epochs}
 
     def auc(g, s):

@@ -19,7 +19,15 @@ Three parts, each printing a markdown table (mean test AUC per model seed):
    the value read where the image key matches the gene query; ``pairs``: two more (A, B) sign pairs
    with the task's rule (cancer: equal signs, normal: opposite).
 
-Parts 2 and 3 use the protocol of benchmarks/graph_task.py (3 training, 1 validation, 8 test slices
+4. ``diagnose``: why the ring / shell tokens' content was not learnt (benchmarks/README.md): the slices
+   of :func:`spagraph.io.graph_task.token_task_slice` with three labels (the ring-1 mean of one gene
+   column, linear; the ring-1 product only; the spot + ring + shell products, the token task), the
+   ceilings on the explicit token means (logistic regression on the 6 products, an MLP with 32 ReLU
+   units on the 12 means; sklearn, fitted on the 3 training slices), and spagraph with the default
+   scale tokens, with ``msfa_input: input`` and with ``msfa_input: input`` + ``token_norm``, each with
+   cross-attention and with concatenation, TASK_MODEL / TASK_TRAIN (lr 1e-2, 80 epochs).
+
+Parts 2-4 use the protocol of benchmarks/graph_task.py (3 training, 1 validation, 8 test slices
 of 400 spots from data seed 10; TASK_MODEL / TASK_TRAIN; mean test AUC over the 8 slices).
 
     OMP_NUM_THREADS=1 python benchmarks/xattn_probe.py --seeds 0 1
@@ -171,11 +179,63 @@ def graph_part(name: str, make, shells: bool, seeds: list[int], variants: dict) 
         print(f"| {name} | {label} | " + " | ".join(row) + " |", flush=True)
 
 
+def _token_means(g):
+    """(n, 12) the standardised means of the 2 gene and 2 image columns over the spot, its ring and its
+    shell (the graph's scale-1 and scale-2 edges, built with shells): gene (t = 0, 1, 2), then image."""
+    import torch
+    from torch_geometric.utils import scatter
+    cols = {"g": [g.x_gene], "i": [g.x_img]}
+    for k in range(2):
+        src, dst = g[f"edge_index_{k}"]
+        for key, x in (("g", g.x_gene), ("i", g.x_img)):
+            cols[key].append(scatter(x[src], dst, 0, dim_size=g.num_nodes, reduce="mean"))
+    f = torch.cat(cols["g"] + cols["i"], 1).numpy().astype(float)
+    return f / f.std(0)
+
+
+def diagnose_part(seeds: list[int]) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from spagraph.graph import GraphSettings, build_slice_graph
+    from spagraph.io.graph_task import TASK_MODEL, TASK_TRAIN, token_task_slice
+    from spagraph.nn import ModelSettings
+    from spagraph.train.fit import TrainSettings, fit, predict_scores
+    labels = {"ring-1 mean of gene column 0 (linear)": dict(terms=(1,), product=False),
+              "ring-1 products only": dict(terms=(1,)), "spot + ring + shell products (token task)": {}}
+    models = {"default tokens": {}, "msfa_input: input": {"msfa_input": "input"},
+              "msfa_input: input + token_norm": {"msfa_input": "input", "token_norm": True}}
+    gs = GraphSettings(scales=[1.0, 2.0], n_dir_bins=8, shells=True)
+    print("\n4. diagnosis on token_task_slice variants, mean test AUC over 8 slices (best epoch)\n")
+    print("| label | model | fusion | " + " | ".join(f"seed {s}" for s in seeds) + " |")
+    print("|---|---|---|" + "---|" * len(seeds))
+    for lab, kw in labels.items():
+        graphs = [build_slice_graph(token_task_slice(400, 10 + i, **kw), gs, name=f"d{i}") for i in range(12)]
+        train, val, test = graphs[:3], [graphs[3]], graphs[4:]
+        xtr = np.vstack([_token_means(g) for g in train])
+        ytr = np.concatenate([g.y.numpy() for g in train]).astype(int)
+        for name, clf, f in (("LR on the 6 token products", LogisticRegression(max_iter=2000), lambda x: x[:, :6] * x[:, 6:]),
+                             ("MLP (32) on the 12 token means", MLPClassifier((32,), max_iter=2000, random_state=0), lambda x: x)):
+            clf.fit(f(xtr), ytr)
+            a = np.mean([_auc(g.y.numpy(), clf.predict_proba(f(_token_means(g)))[:, 1]) for g in test])
+            print(f"| {lab} | {name} (ceiling) | - | {a:.3f} |" + " |" * (len(seeds) - 1), flush=True)
+        for mname, over in models.items():
+            for cross in (True, False):
+                row = []
+                for seed in seeds:
+                    res = fit(train, val, ModelSettings(**(TASK_MODEL | over | {"cross_attention": cross})),
+                              TrainSettings(**TASK_TRAIN), seed=seed)
+                    m = np.mean([_auc(g.y.numpy(), predict_scores(res.model, g)) for g in test])
+                    row.append(f"{m:.3f} ({res.best_epoch})")
+                print(f"| {lab} | {mname} | {'cross-attention' if cross else 'concat'} | " + " | ".join(row) + " |",
+                      flush=True)
+
+
 def main() -> None:
     import torch
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--parts", nargs="+", default=["fusion", "scales", "task"])
+    ap.add_argument("--parts", nargs="+", default=["fusion", "scales", "task"],
+                    help="fusion, scales, task, diagnose (not run by default)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     t = time.time()
@@ -191,6 +251,8 @@ def main() -> None:
     if "task" in a.parts:
         for extra in ("select", "pairs"):
             graph_part(f"task + {extra}", lambda n, s, e=extra: _task_slice(n, s, e), False, a.seeds, both)
+    if "diagnose" in a.parts:
+        diagnose_part(a.seeds)
     print(f"\n{time.time() - t:.0f} s")
 
 

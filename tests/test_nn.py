@@ -104,3 +104,39 @@ def test_reset_parameters_redraws_every_weight(linear_path):
         assert torch.count_nonzero(model.head[-1].weight) == 0   # the deep part silent again
     model.eval()
     assert torch.isfinite(model(g)["logit"]).all()
+
+
+def test_scale_token_options():
+    # msfa_input "input": a scale token is GELU(MSFA of the input embeddings), layer-normalised with token_norm;
+    # hidden_norm "none": no normalisation after the input projection
+    g = small_graph()
+    torch.manual_seed(0)
+    s = ModelSettings(hidden=8, heads=2, msfa_input="input", token_norm=True, hidden_norm="none", dropout=0.0)
+    model = SpaGraphNet(g.x_img.shape[1], g.x_gene.shape[1], g.num_scales, g.n_dir_bins, s).eval()
+    stream = model.gene
+    assert [c.in_channels for c in stream.convs] == [g.x_gene.shape[1]] * g.num_scales
+    with torch.no_grad():
+        model.reset_parameters()
+        stream.scale_emb.normal_()
+        for norm in stream.token_norms:                     # non-trivial affine maps
+            norm.weight.normal_(); norm.bias.normal_()
+        toks = stream(g.x_gene, g)
+        for k, conv in enumerate(stream.convs):
+            ref = stream.token_norms[k](torch.nn.functional.gelu(conv(g.x_gene, g[f"edge_index_{k}"], g[f"edge_dir_{k}"])))
+            assert torch.allclose(toks[:, 1 + k], ref + stream.scale_emb[1 + k], atol=1e-5)
+        lin = stream.proj[1](g.x_gene)                       # self token: Linear + GELU, no norm
+        assert torch.allclose(toks[:, 0], torch.nn.functional.gelu(lin) + stream.scale_emb[0], atol=1e-5)
+        assert torch.isfinite(model(g)["logit"]).all()
+    # off by default: the default model has no token norms and aggregates the hidden spots
+    d = SpaGraphNet(g.x_img.shape[1], g.x_gene.shape[1], g.num_scales, g.n_dir_bins, ModelSettings(hidden=8, heads=2))
+    assert d.gene.token_norms is None and d.gene.convs[0].in_channels == 8
+
+
+def test_scale_token_options_keep_default_config_hashes(tmp_path):
+    from spagraph.experiment.config import load_config
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "experiments" / "her2st_loso.yaml"
+    base = load_config(path).config_hash()
+    assert load_config(path, ["model.msfa_input=hidden", "model.token_norm=false"]).config_hash() == base
+    assert load_config(path, ["model.token_norm=true"]).config_hash() != base
+    assert load_config(path, ["model.msfa_input=input"]).config_hash() != base

@@ -204,6 +204,8 @@ def test_cache_key_ignores_what_the_stream_does_not_read(tmp_path):
     assert key(cfg.model.model_copy(update={"linear_C": 3.0, "feature_smoothing": 0.5, "heads": 4})) == base
     assert key(cfg.model.model_copy(update={"hidden": 16})) != base
     assert key(cfg.model.model_copy(update={"n_modes": 3})) != base
+    assert key(cfg.model.model_copy(update={"token_norm": True})) != base
+    assert key(cfg.model.model_copy(update={"msfa_input": "input"})) != base
 
     class Spy:
         def __init__(self, s):

@@ -31,8 +31,10 @@ RETIRED = {"train": {"val_smoothing": 1, "focal_gamma": 0.0}, "model": {"feature
 # from before they existed keep their hash (resume, suite reuse and load_model checks).
 ADDED_LATER = {"train": {"orient_augment": False, "prior_rule_se": "hanley_mcneil", "tiles_per_step": 0,
                          "coral_weight": 0.0, "mmd_weight": 0.0, "adversarial_weight": 0.0,
-                         "adversarial_lr_scale": 1.0, "align_ramp": False},
-               "model": {"hidden_norm": "layer"}}
+                         "adversarial_lr_scale": 1.0, "align_ramp": False, "self_train_rounds": 0,
+                         "self_train_epochs": 100, "self_train_lr": 1e-3, "self_train_confidence": 0.9,
+                         "self_train_consistency": 1.0, "self_train_blend": 0.5},
+               "model": {"hidden_norm": "layer", "msfa_input": "hidden", "token_norm": False}}
 
 
 def _drop_retired(section: str, data):
@@ -166,7 +168,13 @@ class ModelConfig(_Strict):
     # normalisation after each stream's input projection: "layer" (per spot) or "slice" (each hidden unit
     # standardised over the spots of the slice being processed, training and test slices alike: AdaBN-style,
     # label-free; spagraph/train/adapt.py)
-    hidden_norm: Literal["layer", "slice"] = "layer"
+    hidden_norm: Literal["layer", "slice", "none"] = "layer"
+    # what each MSFA scale aggregates: "hidden" (the stream's projected, normalised, GELU-activated spots) or
+    # "input" (the modality's input embeddings, so a scale token is a linear map of its neighbourhood's input
+    # means); token_norm: LayerNorm on each MSFA scale token (the self token has hidden_norm). Both for tokens
+    # whose content differs by scale (benchmarks/README.md, "Synthetic task only a graph network can solve")
+    msfa_input: Literal["hidden", "input"] = "hidden"
+    token_norm: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -208,6 +216,15 @@ class TrainConfig(_Strict):
     adversarial_weight: float = Field(0.0, ge=0)
     adversarial_lr_scale: float = Field(1.0, gt=0)   # the discriminator's learning rate / train.lr
     align_ramp: bool = False   # CORAL and MMD weights follow the same ramp as the reversal (0 in epoch 0)
+    # >= 1: transductive self-training on each test slice (labels stripped) after the fit: rounds of
+    # pseudo-labels from the scores + a graph network fitted on that slice alone with a graph-
+    # consistency term (spagraph/train/selftrain.py, where the defaults below are argued); 0 = off
+    self_train_rounds: int = Field(0, ge=0)
+    self_train_epochs: int = Field(100, ge=1)          # full-slice steps per round
+    self_train_lr: float = Field(1e-3, gt=0)
+    self_train_confidence: float = Field(0.9, gt=0.5, lt=1)   # pseudo-label: neighbour-averaged mixture posterior
+    self_train_consistency: float = Field(1.0, ge=0)   # weight of the neighbour-agreement term
+    self_train_blend: float = Field(0.5, ge=0, le=1)   # weight of the slice's own fit in the new ranking
     seeds: list[int] = Field(default_factory=lambda: [0])
 
     @field_validator("seeds")
@@ -338,6 +355,13 @@ class ExperimentConfig(_Strict):
             if self.nested is not None:
                 raise ValueError("pretrain.enabled is not supported with nested: (inner folds would need "
                                  "their own pretraining); run it with the plain protocol")
+        return self
+
+    @model_validator(mode="after")
+    def _self_train_where(self):
+        if self.train.self_train_rounds > 0 and self.model_type != "spagraph":
+            raise ValueError("train.self_train_rounds self-trains spagraph's graph network on each test slice: it needs "
+                             f"model_type 'spagraph', got {self.model_type!r}")
         return self
 
     @model_validator(mode="after")

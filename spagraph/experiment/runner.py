@@ -121,6 +121,11 @@ def fit_predict(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, on_e
     res = fit(tr, va, model_settings(cfg), ts, seed, on_epoch=hook, init_state=init, pretrained=pretrained,
               target=target)
     scores = {n: predict_scores(res.model, graphs[n], ts) for n in fold.val + fold.test}
+    if ts.self_train_rounds > 0:   # label-free refinement of each test slice's ranking (spagraph/train/selftrain.py)
+        from spagraph.train.adapt import strip_labels
+        from spagraph.train.selftrain import self_train_scores
+        for n in fold.test:
+            scores[n] = self_train_scores(res.model, strip_labels(graphs[n]), ts, seed)
     return scores, {"best_epoch": res.best_epoch, "best_val_auc": res.best_val_auc, "history": res.history,
                     "kept_prior_by_se": res.kept_prior_by_se,
                     "model": res.model}

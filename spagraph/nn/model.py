@@ -17,18 +17,30 @@ ModelSettings = ModelConfig
 
 
 class _Stream(nn.Module):
-    """One modality: input projection + one MSFA token per scale -> (N, 1 + S, H)."""
+    """One modality: input projection + one MSFA token per scale -> (N, 1 + S, H).
+
+    x (N, d_in) -> (N, 1 + S, H): token 0 the projected spot itself, token k the MSFA aggregate at
+    scale k (of the projected spots, or of the inputs with ``msfa_input: input``)."""
 
     def __init__(self, d_in: int, s: ModelSettings, n_scales: int, n_bins: int):
         super().__init__()
         # hidden_norm "slice": statistics of the slice being processed, in training and scoring alike
         # (AdaBN-style label-free adaptation, spagraph/train/adapt.py)
-        norm = (nn.BatchNorm1d(s.hidden, track_running_stats=False) if s.hidden_norm == "slice"
-                else nn.LayerNorm(s.hidden))
+        # hidden_norm "none": no normalisation (with only a few input columns, a LayerNorm of their
+        # projection keeps mostly their direction, little of their magnitude)
+        norm = {"slice": lambda: nn.BatchNorm1d(s.hidden, track_running_stats=False), "none": nn.Identity,
+                "layer": lambda: nn.LayerNorm(s.hidden)}[s.hidden_norm]()
         self.proj = nn.Sequential(nn.Dropout(s.input_dropout), nn.Linear(d_in, s.hidden), norm,
                                   nn.GELU(), nn.Dropout(s.dropout))
-        self.convs = nn.ModuleList([MSFAConv(s.hidden, s.hidden, n_bins, s.n_modes) for _ in range(n_scales)]
+        # msfa_input "input": each scale aggregates the input embeddings, not the activated hidden spots
+        # (whose neighbourhood means are means of a nonlinear function of the inputs: a product of two
+        # ring means is learnt several times slower through them, benchmarks/README.md)
+        self.from_input = s.msfa_input == "input"
+        d_msfa = d_in if self.from_input else s.hidden
+        self.convs = nn.ModuleList([MSFAConv(d_msfa, s.hidden, n_bins, s.n_modes) for _ in range(n_scales)]
                                    if s.msfa else [])
+        self.token_norms = (nn.ModuleList([nn.LayerNorm(s.hidden) for _ in self.convs]) if s.token_norm
+                            else None)
         self.scale_emb = nn.Parameter(torch.zeros(1 + len(self.convs), s.hidden))
         self.act = nn.GELU()
 
@@ -37,10 +49,13 @@ class _Stream(nn.Module):
         nn.init.zeros_(self.scale_emb)
 
     def forward(self, x: Tensor, data: Data) -> Tensor:
-        h = self.proj(x)
-        toks = [h] + [self.act(conv(h, data[f"edge_index_{k}"], data[f"edge_dir_{k}"]))
-                      for k, conv in enumerate(self.convs)]
-        return torch.stack(toks, dim=1) + self.scale_emb
+        x = self.proj[0](x)                        # input dropout, shared by the self and the scale tokens
+        h = self.proj[1:](x)
+        src = x if self.from_input else h
+        toks = [self.act(conv(src, data[f"edge_index_{k}"], data[f"edge_dir_{k}"])) for k, conv in enumerate(self.convs)]
+        if self.token_norms is not None:
+            toks = [norm(t) for norm, t in zip(self.token_norms, toks)]
+        return torch.stack([h] + toks, dim=1) + self.scale_emb
 
 
 class _LinearPath(nn.Module):

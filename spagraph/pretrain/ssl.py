@@ -172,7 +172,9 @@ _CACHE: dict[str, dict] = {}
 # (the prior's C and smoothing, the head, fusion and loss weights do not change the pretrained
 # weights, so they stay out of the cache key; tests/test_pretrain.py checks the list against
 # what ``_Stream`` actually reads)
-STREAM_FIELDS = ("hidden", "hidden_norm", "input_dropout", "dropout", "msfa", "n_modes")
+STREAM_FIELDS = ("hidden", "hidden_norm", "input_dropout", "dropout", "msfa", "n_modes", "msfa_input", "token_norm")
+# stream fields added later: left out of the cache key at their default, so cached weights keep their key
+_STREAM_DEFAULTS = {"msfa_input": "hidden", "token_norm": False}
 
 
 def content_key(sections: dict[str, Data], settings: ModelSettings, pt, graph_settings) -> str:
@@ -180,7 +182,8 @@ def content_key(sections: dict[str, Data], settings: ModelSettings, pt, graph_se
     embeddings (which carry the fold's gene encoder), their edges, the stream's model settings
     (:data:`STREAM_FIELDS`), the graph and pretrain settings, and :data:`VERSION`."""
     h = hashlib.sha256()
-    model = {k: v for k, v in settings.model_dump(mode="json").items() if k in STREAM_FIELDS}
+    model = {k: v for k, v in settings.model_dump(mode="json").items()
+             if k in STREAM_FIELDS and _STREAM_DEFAULTS.get(k, object()) != v}
     meta = {"v": VERSION, "model": model, "graph": graph_settings.model_dump(mode="json"),
             "pretrain": {k: v for k, v in pt.model_dump(mode="json").items() if k not in ("cache_dir", "enabled")}}
     h.update(json.dumps(meta, sort_keys=True).encode())

@@ -462,6 +462,10 @@ def predict_slice(models: list[SavedModel] | SavedModel, adata, name: str = "sli
         g = slice_graph(adata, m, name)
         ts = train_settings(m.cfg)
         s = predict_scores(m.model, g, ts)
+        if ts.self_train_rounds > 0:   # label-free refinement of the slice's ranking (spagraph/train/selftrain.py)
+            from spagraph.train.adapt import strip_labels
+            from spagraph.train.selftrain import self_train_scores
+            s = self_train_scores(m.model, strip_labels(g), ts, int(m.meta.get("seed") or 0))
         state = decision_state(m, threshold)
         rule = saved_rule(m, threshold_method, threshold)
         sd = decide_rules(s, state, [rule], g.edge_index_0.numpy())
