@@ -140,7 +140,7 @@ def fit_all_ways(cfg, graphs, fold, seed: int, pretrained: dict | None = None) -
            "best_epoch_no_rule": state.stop.best_epoch, "epochs_run": len(state.history) - 1,
            "steps": n_steps[0], "fit_seconds": round(secs, 1)}
     if target is not None:   # the alignment terms per epoch (adaptation variants): did they act?
-        rec["align_terms"] = [{k: h[k] for k in ("epoch", "coral", "mmd", "disc_ce", "reversal") if k in h}
+        rec["align_terms"] = [{k: h[k] for k in ("epoch", "coral", "mmd", "disc_ce", "reversal", "ramp") if k in h}
                               for h in state.history if h["epoch"] >= 0]
     for rule in ("hanley_mcneil", "delong"):
         st = copy.copy(state)
