@@ -70,6 +70,12 @@ VARIANTS = {
     # base fit, then 2 rounds from the model the Hanley-McNeil rule keeps; every other self_train_*
     # setting at its default, fixed a priori there (module text) before any test-section number
     "selftrain": {"train.self_train_rounds": 2},
+    # fixed a priori (2026-11-30 14:45 UTC, before any her2st run with them): the two scale-token
+    # options that fixed the synthetic token task (TOKEN_MODEL in spagraph/io/graph_task.py;
+    # benchmarks/README.md, "token task"): each MSFA scale aggregates the stream's inputs rather than
+    # its LayerNorm + GELU hidden spots, and each scale token gets its own LayerNorm like the self
+    # token. Nothing else changed (her2st_loso.yaml's lr, hidden, epochs); the task's lr was not carried.
+    "tokens": {"model.msfa_input": "input", "model.token_norm": True},
 }
 
 
