@@ -76,6 +76,10 @@ VARIANTS = {
     # its LayerNorm + GELU hidden spots, and each scale token gets its own LayerNorm like the self
     # token. Nothing else changed (her2st_loso.yaml's lr, hidden, epochs); the task's lr was not carried.
     "tokens": {"model.msfa_input": "input", "model.token_norm": True},
+    # fixed a priori (14:47 UTC, by the brief, with tokens seeds 1-4 still running): tokens on top of
+    # ``combo`` (n_val 2, AdaBN-style statistics, orientation augmentation), the variant that lost least
+    "tokens_combo": {"protocol.n_val": 2, "model.hidden_norm": "slice", "train.orient_augment": True,
+                     "model.msfa_input": "input", "model.token_norm": True},
 }
 
 

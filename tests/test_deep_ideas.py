@@ -131,3 +131,7 @@ def test_tokens_variant_is_the_token_tasks_two_options_and_nothing_else():
     back = tok.model_copy(update={"model": tok.model.model_copy(update={"msfa_input": base.model.msfa_input,
                                                                           "token_norm": base.model.token_norm})})
     assert back.config_hash() == base.config_hash()
+
+
+def test_tokens_combo_is_combo_plus_tokens():
+    assert di.VARIANTS["tokens_combo"] == {**di.VARIANTS["combo"], **di.VARIANTS["tokens"]}
