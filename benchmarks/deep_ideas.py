@@ -70,6 +70,26 @@ VARIANTS = {
     # base fit, then 2 rounds from the model the Hanley-McNeil rule keeps; every other self_train_*
     # setting at its default, fixed a priori there (module text) before any test-section number
     "selftrain": {"train.self_train_rounds": 2},
+    # fixed a priori (2026-11-30 13:45 UTC, before any dann / mmd number on a her2st section):
+    # weight 1 for both, the scale of the coral variant's term (alignment counts as much as the
+    # class loss, no tuning on test sections). dann: Ganin & Lempitsky's ceiling lambda = 1 with
+    # their ramp 2 / (1 + exp(-10 p)) - 1 over train.epochs (60); the discriminator (one hidden
+    # layer of the features' width) tells the 6 training sections and the test section apart,
+    # trained with the model's AdamW settings. mmd: Gaussian kernel at the median-heuristic
+    # bandwidth, DAN's weight 1, between the step's training spots and the test section.
+    "dann": {"train.adversarial_weight": 1.0},
+    "mmd": {"train.mmd_weight": 1.0},
+    # added 2026-11-30 ~14:00 UTC after dann seeds 0-1 had run: a training-side diagnostic (no test
+    # label) showed dann's discriminator at chance through every fit (cross-entropy ~ ln 7 = 1.95
+    # over the ~15 epochs early stopping allows at lr 3e-4), so its reversed gradient carried no
+    # slice information. Same term with the discriminator's learning rate x10 (3e-3, the lr x10
+    # variant's value); seen dann test numbers: deep equal to the prior to 3-4 decimals.
+    "dann_d10": {"train.adversarial_weight": 1.0, "train.adversarial_lr_scale": 10.0},
+    # added 2026-11-30 14:30 UTC after the dann / mmd / dann_d10 results (their deep model equals the
+    # prior: alignment acts from step 1 while the class loss, through the zero-initialised head,
+    # does not yet reach the features). A check of that reading, not a tuned setting: the mmd term
+    # with Ganin's ramp on its weight (0 in epoch 0, 0.85 by epoch 15), nothing else changed.
+    "mmd_ramp": {"train.mmd_weight": 1.0, "train.align_ramp": True},
     # fixed a priori (2026-11-30 14:45 UTC, before any her2st run with them): the two scale-token
     # options that fixed the synthetic token task (TOKEN_MODEL in spagraph/io/graph_task.py;
     # benchmarks/README.md, "token task"): each MSFA scale aggregates the stream's inputs rather than
@@ -95,13 +115,13 @@ def fit_all_ways(cfg, graphs, fold, seed: int, pretrained: dict | None = None) -
     the fold's test slice."""
     import torch
     from spagraph.experiment.runner import model_settings, train_settings
-    from spagraph.train.adapt import strip_labels
+    from spagraph.train.adapt import strip_labels, uses_target
     from spagraph.train.fit import (build_model, positive_weight, predict_scores, prefer_prior, prior_candidate,
                                     spagraph_steps, start_state, train_loop, validation_auc)
     s, ms = train_settings(cfg), model_settings(cfg)
     tr, va = [graphs[n] for n in fold.train], [graphs[n] for n in fold.val]
     test = graphs[fold.test[0]]
-    target = [strip_labels(test)] if s.coral_weight > 0 else None
+    target = [strip_labels(test)] if uses_target(s) else None
     model = build_model(tr, ms, s, seed)
     if pretrained is not None:   # as fit() does: the self-supervised gene stream, then the rest as before
         from spagraph.pretrain.ssl import load_pretrained
@@ -129,6 +149,9 @@ def fit_all_ways(cfg, graphs, fold, seed: int, pretrained: dict | None = None) -
     rec = {"prior_val": state.history[0]["val_auc"], "deep_val": deep["auc"], "deep_epoch": deep["epoch"],
            "best_epoch_no_rule": state.stop.best_epoch, "epochs_run": len(state.history) - 1,
            "steps": n_steps[0], "fit_seconds": round(secs, 1)}
+    if target is not None:   # the alignment terms per epoch (adaptation variants): did they act?
+        rec["align_terms"] = [{k: h[k] for k in ("epoch", "coral", "mmd", "disc_ce", "reversal", "ramp") if k in h}
+                              for h in state.history if h["epoch"] >= 0]
     for rule in ("hanley_mcneil", "delong"):
         st = copy.copy(state)
         st.stop = copy.copy(state.stop)

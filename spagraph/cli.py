@@ -232,8 +232,11 @@ def predict(model_dir: Path = typer.Argument(..., help="saved model folder (RUN/
             plot: bool = typer.Option(True, "--plot/--no-plot", help="also write a PNG map per slice (H&E, score, uncertainty, regions, risk)"),
             sdata_table: Optional[str] = typer.Option(None, "--sdata-table", help="SLICE is a SpatialData .zarr: also write the predictions into it as this table (annotating the same shapes)"),
             bin_um: Optional[float] = typer.Option(None, "--bin-um", help="Xenium pseudo-spot size (default 50) / Visium HD bin size (default 16), microns: match what the model was trained on"),
-            grid: Optional[str] = typer.Option(None, "--grid", help="Xenium: square (default) or hex")):
+            grid: Optional[str] = typer.Option(None, "--grid", help="Xenium: square (default) or hex"),
+            threads: int = typer.Option(0, "--threads", min=0,
+                                        help="torch CPU threads (0: torch's default); 1 is fastest on small shared machines")):
     """Predict new slices with a saved model: score, prediction, regions, risk, uncertainty -> .h5ad + .csv + .png per slice."""
+    _set_threads(threads)
     from rich.console import Console
     import spagraph.tl as tl
     from spagraph.embed.match import read_aliases
@@ -330,8 +333,10 @@ def embed(path: Path = typer.Argument(..., help="her2st root, Space Ranger outs/
           out: Path = typer.Option(..., "--out", help="output .h5ad with obsm['img_emb'], obsm['gene_emb']"),
           set_: Optional[List[str]] = typer.Option(None, "--set", help="encoder setting key=value, e.g. --set n_pcs=30 (repeatable; YAML values)"),
           cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="cache image embeddings here"),
-          progress: bool = typer.Option(True, "--progress/--no-progress")):
+          progress: bool = typer.Option(True, "--progress/--no-progress"),
+          threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: torch's default)")):
     """Embed one slice (image + genes) and write it as .h5ad; the gene encoder is fitted on this slice itself."""
+    _set_threads(threads)
     import yaml
     from spagraph.utils import load_yaml
     from spagraph.embed import embed_slices

@@ -100,7 +100,15 @@ def test_cli_predict_many_equals_api(fitted, tmp_path):
         a.write_h5ad(p)
         paths.append(str(p))
     out = tmp_path / "pred"
-    r = CliRunner().invoke(app, ["predict", str(saved), *paths, "--out", str(out), "--mc-passes", "0", "--no-plot"])
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        r = CliRunner().invoke(app, ["predict", str(saved), *paths, "--out", str(out), "--mc-passes", "0", "--no-plot",
+                                     "--threads", "1"])
+        assert torch.get_num_threads() == 1        # --threads pins torch's CPU threads, as `run --threads` does
+    finally:
+        torch.set_num_threads(before)
     assert r.exit_code == 0, r.output
     summ = pd.read_csv(out / "summary.csv")
     assert list(summ["slice"]) == ["new0", "new1"]

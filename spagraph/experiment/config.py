@@ -30,9 +30,10 @@ RETIRED = {"train": {"val_smoothing": 1, "focal_gamma": 0.0}, "model": {"feature
 # Keys added later: left out of the config hash while at their default, so runs and saved models
 # from before they existed keep their hash (resume, suite reuse and load_model checks).
 ADDED_LATER = {"train": {"orient_augment": False, "prior_rule_se": "hanley_mcneil", "tiles_per_step": 0,
-                         "coral_weight": 0.0, "self_train_rounds": 0, "self_train_epochs": 100,
-                         "self_train_lr": 1e-3, "self_train_confidence": 0.9, "self_train_consistency": 1.0,
-                         "self_train_blend": 0.5},
+                         "coral_weight": 0.0, "mmd_weight": 0.0, "adversarial_weight": 0.0,
+                         "adversarial_lr_scale": 1.0, "align_ramp": False, "self_train_rounds": 0,
+                         "self_train_epochs": 100, "self_train_lr": 1e-3, "self_train_confidence": 0.9,
+                         "self_train_consistency": 1.0, "self_train_blend": 0.5},
                "model": {"hidden_norm": "layer", "msfa_input": "hidden", "token_norm": False}}
 
 
@@ -208,6 +209,13 @@ class TrainConfig(_Strict):
     # > 0: deep-CORAL term aligning the fused hidden features of the test slice (labels stripped) with the
     # training spots' (spagraph/train/adapt.py)
     coral_weight: float = Field(0.0, ge=0)
+    # > 0: squared MMD (Gaussian kernel, median-heuristic bandwidth) between those same features
+    mmd_weight: float = Field(0.0, ge=0)
+    # > 0: a slice discriminator on those features behind a gradient-reversal layer (DANN, Ganin-Lempitsky
+    # ramp-up of the reversal over train.epochs); the model learns to make the slices indistinguishable
+    adversarial_weight: float = Field(0.0, ge=0)
+    adversarial_lr_scale: float = Field(1.0, gt=0)   # the discriminator's learning rate / train.lr
+    align_ramp: bool = False   # CORAL and MMD weights follow the same ramp as the reversal (0 in epoch 0)
     # >= 1: transductive self-training on each test slice (labels stripped) after the fit: rounds of
     # pseudo-labels from the scores + a graph network fitted on that slice alone with a graph-
     # consistency term (spagraph/train/selftrain.py, where the defaults below are argued); 0 = off

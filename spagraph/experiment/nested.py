@@ -107,7 +107,7 @@ def choose(cfg: ExperimentConfig, slices: dict, groups: dict, progress=None) -> 
             g = graphs_for(pcfg, params, f)
             from spagraph.train.adapt import strip_labels
             res = fit([g[n] for n in f.train], [g[n] for n in f.val], model_settings(pcfg), train_settings(pcfg),
-                      nc.inner_seed, target=[strip_labels(g[n]) for n in f.test])   # used only with coral_weight > 0
+                      nc.inner_seed, target=[strip_labels(g[n]) for n in f.test])   # used only with an alignment weight > 0
             per[f.test[0]] = _auc(g[f.test[0]], predict_scores(res.model, g[f.test[0]], train_settings(pcfg)))
         vals = [v for v in per.values() if v is not None]
         out["deep_inner_auc"] = per

@@ -115,8 +115,8 @@ def fit_predict(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, on_e
             on_epoch(epoch, rec)
 
     target = None
-    if ts.coral_weight > 0:   # label-free adaptation to the test slice(s): features only, labels stripped
-        from spagraph.train.adapt import strip_labels
+    from spagraph.train.adapt import strip_labels, uses_target
+    if uses_target(ts):   # label-free adaptation to the test slice(s): features only, labels stripped
         target = [strip_labels(graphs[n]) for n in fold.test]
     res = fit(tr, va, model_settings(cfg), ts, seed, on_epoch=hook, init_state=init, pretrained=pretrained,
               target=target)

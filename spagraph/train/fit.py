@@ -375,9 +375,10 @@ def spagraph_steps(model: SpaGraphNet, train: list[Data], s: TrainSettings, pos_
     """``steps(rng)`` for :func:`train_loop`: every piece of every training slice (slices in
     random order; whole graphs or tiles; orientation-augmented with ``s.orient_augment``), or with
     ``s.tiles_per_step`` > 0 mini-batches of tiles mixed over all training slices
-    (:mod:`spagraph.train.minibatch`). With ``s.coral_weight`` > 0 and label-free ``target``
-    slices, each step adds the CORAL term between its training spots' fused features and a
-    target slice's (:mod:`spagraph.train.adapt`)."""
+    (:mod:`spagraph.train.minibatch`). With label-free ``target`` slices and ``s.coral_weight``,
+    ``s.mmd_weight`` or ``s.adversarial_weight`` > 0, each step adds those terms between its
+    training spots' fused features and a target slice's (:class:`spagraph.train.adapt.Alignment`;
+    the adversarial discriminator steps after the model)."""
     dev = next(model.parameters()).device
     tiles = None
     if s.tiles_per_step > 0:
@@ -386,33 +387,41 @@ def spagraph_steps(model: SpaGraphNet, train: list[Data], s: TrainSettings, pos_
             raise ValueError("train.tiles_per_step > 0 mixes tiles of several slices in one step, so model.hidden_norm: "
                              "slice would normalise over a mixture of slices: use one of the two")
         tiles = slice_tiles(train, s.tile_size)      # cut once; shuffled and grouped every epoch
-    align = s.coral_weight > 0 and bool(target)
+    from spagraph.train.adapt import Alignment, pick_index, uses_target
+    align = Alignment(s, len(train), len(target), gen.initial_seed()) if uses_target(s) and target else None
     if align and any(bool(t.label_mask.any()) for t in target):
-        raise ValueError("CORAL targets must carry no labels: pass them through spagraph.train.adapt.strip_labels")
+        raise ValueError("alignment targets (CORAL / MMD / adversarial) must carry no labels: pass them through "
+                         "spagraph.train.adapt.strip_labels")
 
-    def pieces(rng: np.random.Generator):
+    def pieces(rng: np.random.Generator):   # (graph, loss mask, training-slice index of each node)
         if tiles is not None:
             from spagraph.train.minibatch import merge_tiles, tile_batches
             for group in tile_batches(tiles, s.tiles_per_step, rng):
                 merged = merge_tiles([random_turn(t, rng) if s.orient_augment else t for t in group])
-                yield merged, merged.interior
+                yield merged, merged.interior, torch.cat([torch.full((t.num_nodes,), int(t.slice_id)) for t in group])
         else:
             for gi in rng.permutation(len(train)):
-                yield from _batches(train[gi], s, rng)
+                for piece, mask in _batches(train[gi], s, rng):
+                    yield piece, mask, torch.full((piece.num_nodes,), int(gi))
 
     def steps(rng: np.random.Generator):
-        for piece, mask in pieces(rng):
+        if align:
+            align.start_epoch()
+        for piece, mask, which in pieces(rng):
             piece = _to(piece, dev)
             mask = mask.to(dev)
             out = model(piece, model.settings.modality_dropout)
             total, parts = _loss(model, out, piece.y, mask, pos_weight, s, gen)
             if align:
-                from spagraph.train.adapt import coral_loss, pick_target
-                tgt = _to(pick_target(target, rng), dev)
-                c = coral_loss(out["h"][mask], model(tgt)["h"])
-                total = total + s.coral_weight * c
-                parts["coral"], parts["loss"] = float(c.detach()), float(total.detach())
+                ti = pick_index(len(target), rng)
+                a, extra = align.loss(out["h"][mask], which[mask.cpu()], model(_to(target[ti], dev))["h"], ti, gen)
+                total = total + a
+                parts.update(extra)
+                parts["loss"] = float(total.detach())
             yield total, parts
+            if align:
+                align.after_step()
+    steps.align = align   # its state travels in training checkpoints (fit)
     return steps
 
 
@@ -422,8 +431,8 @@ def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: Tr
         warm_start: dict | None = None, target: list[Data] | None = None) -> FitResult:
     """Train a SpaGraphNet on ``train`` slices, early-stopping on ``val`` slices' AUC.
 
-    ``target``: label-free slices (:func:`spagraph.train.adapt.strip_labels`) the CORAL term
-    aligns to when ``s.coral_weight`` > 0 (the test slice; its labels never enter).
+    ``target``: label-free slices (:func:`spagraph.train.adapt.strip_labels`) the CORAL, MMD and
+    adversarial terms align to when their weights are > 0 (the test slice; its labels never enter).
 
     Only ``train`` labels enter the loss (and the linear prior); only ``val`` labels choose the
     epoch. ``on_epoch(epoch, record, state_fn)`` runs after each epoch (tracking, pruning,
@@ -446,13 +455,21 @@ def fit(train: list[Data], val: list[Data], model_settings: ModelSettings, s: Tr
     elif has_prior(model_settings) and val:
         prior_candidate(model, val, s, state)
 
+    steps = spagraph_steps(model, train, s, pos_weight, state.gen, target)
+    if steps.align is not None and init_state is not None:   # the adversarial discriminator, ramp
+        steps.align.load_state_dict(init_state.get("align"))
+
+    def checkpoint(epoch: int) -> dict:
+        out = checkpoint_state(state, model, opt, epoch)
+        return out if steps.align is None else out | {"align": steps.align.state_dict()}
+
     def after_epoch(epoch: int, rec: dict) -> None:
         if progress is not None:
             progress(epoch, rec)
         if on_epoch is not None:
-            on_epoch(epoch, rec, lambda: checkpoint_state(state, model, opt, epoch))
+            on_epoch(epoch, rec, lambda: checkpoint(epoch))
 
-    train_loop(model, opt, state, s.epochs, spagraph_steps(model, train, s, pos_weight, state.gen, target),
+    train_loop(model, opt, state, s.epochs, steps,
                (lambda m: validation_auc(m, val, s)) if val else (lambda m: None), after_epoch)
     kept = s.one_se_rule and prefer_prior(state, val, model, s)
     state.stop.restore_best(model)
