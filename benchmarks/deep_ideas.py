@@ -90,6 +90,16 @@ VARIANTS = {
     # does not yet reach the features). A check of that reading, not a tuned setting: the mmd term
     # with Ganin's ramp on its weight (0 in epoch 0, 0.85 by epoch 15), nothing else changed.
     "mmd_ramp": {"train.mmd_weight": 1.0, "train.align_ramp": True},
+    # fixed a priori (2026-11-30 14:45 UTC, before any her2st run with them): the two scale-token
+    # options that fixed the synthetic token task (TOKEN_MODEL in spagraph/io/graph_task.py;
+    # benchmarks/README.md, "token task"): each MSFA scale aggregates the stream's inputs rather than
+    # its LayerNorm + GELU hidden spots, and each scale token gets its own LayerNorm like the self
+    # token. Nothing else changed (her2st_loso.yaml's lr, hidden, epochs); the task's lr was not carried.
+    "tokens": {"model.msfa_input": "input", "model.token_norm": True},
+    # fixed a priori (14:47 UTC, by the brief, with tokens seeds 1-4 still running): tokens on top of
+    # ``combo`` (n_val 2, AdaBN-style statistics, orientation augmentation), the variant that lost least
+    "tokens_combo": {"protocol.n_val": 2, "model.hidden_norm": "slice", "train.orient_augment": True,
+                     "model.msfa_input": "input", "model.token_norm": True},
 }
 
 

@@ -115,3 +115,23 @@ def test_fit_all_ways_starts_from_the_pretrained_stream_and_is_deterministic(tmp
     c = di.fit_all_ways(cfg, graphs, fold, 0)
     assert len(seen) == 2                              # no weights given: nothing loaded
     assert c["test_prior"] == a["test_prior"]          # the linear prior ignores the gene stream's start
+
+
+def test_tokens_variant_is_the_token_tasks_two_options_and_nothing_else():
+    """The ``tokens`` variant sets exactly the scale-token options of the synthetic token task's
+    model (TOKEN_MODEL, spagraph/io/graph_task.py) and changes nothing else of her2st_loso.yaml."""
+    from spagraph.experiment.tune import apply_params
+    from spagraph.io.graph_task import TASK_MODEL, TOKEN_MODEL
+    token_opts = {k: v for k, v in TOKEN_MODEL.items() if k not in TASK_MODEL}
+    assert di.VARIANTS["tokens"] == {f"model.{k}": v for k, v in token_opts.items()}
+    base = load_config(ROOT / "experiments/her2st_loso.yaml")
+    tok = apply_params(base, di.VARIANTS["tokens"])
+    assert tok.model.msfa_input == "input" and tok.model.token_norm is True
+    assert tok.config_hash() != base.config_hash()
+    back = tok.model_copy(update={"model": tok.model.model_copy(update={"msfa_input": base.model.msfa_input,
+                                                                          "token_norm": base.model.token_norm})})
+    assert back.config_hash() == base.config_hash()
+
+
+def test_tokens_combo_is_combo_plus_tokens():
+    assert di.VARIANTS["tokens_combo"] == {**di.VARIANTS["combo"], **di.VARIANTS["tokens"]}
