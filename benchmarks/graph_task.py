@@ -65,6 +65,13 @@ def _attention_off():
     return ctx()
 
 
+def _row(summary: dict, name: str, seed, aucs: list[float], epoch, seconds: float) -> None:
+    """Print one table row (mean test AUC over slices and its SE) and keep the mean for the summary."""
+    m, se = float(np.mean(aucs)), float(np.std(aucs, ddof=1) / np.sqrt(len(aucs)))
+    summary.setdefault(name, []).append(m)
+    print(f"| {name} | {seed} | {m:.3f} | {se:.3f} | {epoch} | {seconds:.0f} |", flush=True)
+
+
 def tokens_main(a) -> None:
     import contextlib
     from spagraph.io.graph_task import TOKEN_MODEL, TOKEN_TRAIN, smoothed_logreg_scores, token_task_graphs
@@ -96,10 +103,7 @@ def tokens_main(a) -> None:
                 with _attention_off() if off else contextlib.nullcontext():
                     res = fit(train, val, ModelSettings(**(TOKEN_MODEL | over)), TrainSettings(**TOKEN_TRAIN), seed=seed)
                     aucs, ep = [auc(g, predict_scores(res.model, g)) for g in test], res.best_epoch
-            m, se = float(np.mean(aucs)), float(np.std(aucs, ddof=1) / np.sqrt(len(aucs)))
-            summary.setdefault(name, []).append(m)
-            print(f"| {name} | {seed if over is not None else '-'} | {m:.3f} | {se:.3f} | {ep} | {time.time() - t:.0f} |",
-                  flush=True)
+            _row(summary, name, seed if over is not None else "-", aucs, ep, time.time() - t)
     print("\nmean over seeds: " + ", ".join(f"{k} {np.mean(v):.3f}" for k, v in summary.items()))
 
 
@@ -151,10 +155,7 @@ def main() -> None:
             else:
                 res = fit(train, val, ModelSettings(**(TASK_MODEL | over)), TrainSettings(**(TASK_TRAIN | train_over)), seed=seed)
                 aucs, ep = [auc(g, predict_scores(res.model, g)) for g in test], res.best_epoch
-            m, se = float(np.mean(aucs)), float(np.std(aucs, ddof=1) / np.sqrt(len(aucs)))
-            summary.setdefault(name, []).append(m)
-            print(f"| {name} | {seed if over is not None else '-'} | {m:.3f} | {se:.3f} | {ep} | {time.time() - t:.0f} |",
-                  flush=True)
+            _row(summary, name, seed if over is not None else "-", aucs, ep, time.time() - t)
     print("\nmean over seeds: " + ", ".join(f"{k} {np.mean(v):.3f}" for k, v in summary.items()))
 
 
