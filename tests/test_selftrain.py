@@ -1,4 +1,7 @@
 """Transductive self-training on the label-free test slice (spagraph/train/selftrain.py)."""
+import sys
+from pathlib import Path
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -11,6 +14,9 @@ from spagraph.nn import ModelSettings
 from spagraph.train.adapt import strip_labels
 from spagraph.train.fit import TrainSettings, fit, predict_scores
 from spagraph.train.selftrain import consistency_loss, pseudo_labels, rank_map, self_train_scores
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_adapt import _shuffled_labels  # noqa: E402
 
 MS = ModelSettings(hidden=8, heads=2, contrastive_weight=0.0, linear_path=True, linear_fit="prior", linear_C=0.01)
 TS = TrainSettings(epochs=2, min_epochs=1, patience=5, lr=1e-3, self_train_rounds=2)   # self_train_* defaults
@@ -50,13 +56,6 @@ def _auc(g, p):
     return roc_auc_score(g.y.numpy()[m], p[m])
 
 
-def _shuffled(g, seed):
-    out = g.clone()
-    perm = torch.from_numpy(np.random.default_rng(seed).permutation(g.num_nodes))
-    out.y, out.label_mask = g.y[perm], g.label_mask[perm]
-    return out
-
-
 def test_rank_map_keeps_the_values_and_takes_the_order():
     v = np.array([0.1, 0.5, 0.9, 0.3])
     out = rank_map(np.array([3.0, 0.0, 1.0, 2.0]), v)
@@ -85,7 +84,8 @@ def test_self_training_never_reads_the_slice_labels(cross_patient):
     t = _slice(5, False)
     with pytest.raises(ValueError, match="strip_labels"):
         self_train_scores(cross_patient, t, QUICK, seed=0)
-    runs = [self_train_scores(cross_patient, strip_labels(g), QUICK, seed=0) for g in (t, _shuffled(t, 1), _shuffled(t, 2))]
+    runs = [self_train_scores(cross_patient, strip_labels(g), QUICK, seed=0)
+            for g in (t, _shuffled_labels(t, 1), _shuffled_labels(t, 2))]
     assert np.array_equal(runs[0], runs[1]) and np.array_equal(runs[0], runs[2])
 
 
@@ -134,7 +134,7 @@ def test_runner_self_trains_the_test_slice_label_free_and_leaves_validation_alon
     on, _ = fit_predict(cfg, graphs, fold, 0)
     plain, _ = fit_predict(off, graphs, fold, 0)
     assert np.array_equal(on["s2"], plain["s2"]) and not np.array_equal(on["s3"], plain["s3"])
-    shuffled, _ = fit_predict(cfg, {**graphs, "s3": _shuffled(graphs["s3"], 3)}, fold, 0)
+    shuffled, _ = fit_predict(cfg, {**graphs, "s3": _shuffled_labels(graphs["s3"], 3)}, fold, 0)
     assert np.array_equal(on["s3"], shuffled["s3"])
 
 

@@ -122,7 +122,6 @@ def fit_predict(cfg: ExperimentConfig, graphs: dict, fold: Fold, seed: int, on_e
               target=target)
     scores = {n: predict_scores(res.model, graphs[n], ts) for n in fold.val + fold.test}
     if ts.self_train_rounds > 0:   # label-free refinement of each test slice's ranking (spagraph/train/selftrain.py)
-        from spagraph.train.adapt import strip_labels
         from spagraph.train.selftrain import self_train_scores
         for n in fold.test:
             scores[n] = self_train_scores(res.model, strip_labels(graphs[n]), ts, seed)

@@ -52,14 +52,9 @@ def coral_loss(source: Tensor, target: Tensor) -> Tensor:
     return ((covariance(source) - covariance(target)) ** 2).sum() / (4.0 * d * d)
 
 
-def pick_target(targets: list[Data], rng: np.random.Generator) -> Data:
-    """One label-free target slice for this step (uniform when there are several)."""
-    return targets[int(rng.integers(len(targets)))] if len(targets) > 1 else targets[0]
-
-
 def pick_index(n: int, rng: np.random.Generator) -> int:
-    """Index of this step's target slice among ``n`` (uniform; no draw when there is one), the
-    same draw as :func:`pick_target` makes."""
+    """Index of this step's label-free target slice among ``n`` (uniform; no draw when there is
+    one)."""
     return int(rng.integers(n)) if n > 1 else 0
 
 
